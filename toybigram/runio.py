@@ -1,0 +1,139 @@
+"""Run-directory I/O: atomic writes, JSON lines, provenance."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """JSON text with tensors/arrays converted and non-finite floats as null."""
+    return json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, dumps(obj) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(dumps(row, indent=None) + "\n" for row in rows))
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one row; a crash can lose the row but never leaves a partial line behind a full one."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(dumps(row, indent=None) + "\n")
+        handle.flush()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from an interrupted run
+    return rows
+
+
+def git_commit() -> str | None:
+    """The source tree's commit, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(device: torch.device | str, dtype: torch.dtype | str) -> dict:
+    """Versions, machine, device and dtype: recorded with every run."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    info = {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "hydra-core": version("hydra-core"),
+            "toybigram": version("toybigram"),
+        },
+        "git_commit": git_commit(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["cuda_device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return info

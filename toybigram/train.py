@@ -1,0 +1,269 @@
+"""Train the associative-memory transformer on bigram-with-triggers data.
+
+    python -m toybigram.train                       # the main job: Shakespeare bigrams, ~1 min on 2 CPU cores
+    python -m toybigram.train data=dirichlet data.vocab_size=32 optim=sgd train.loss=incontext
+    python -m toybigram.train -m seed=0,1,2         # a Hydra multirun
+
+Each run directory gets metrics.jsonl (one row per evaluation), checkpoint.pt and,
+when the run has finished, summary.json.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from toybigram import config as _config  # noqa: F401  (registers the structured configs)
+from toybigram.build import as_container, data_seeds, make_sampler, resolve_device, validate
+from toybigram.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from toybigram.evaluation import class_mask, evaluate, token_losses
+from toybigram.model import AssociativeTransformer
+from toybigram.errors import UserError
+from toybigram.runio import METRICS_FILE, SUMMARY_FILE, append_jsonl, provenance, read_jsonl, write_json, write_jsonl
+
+log = logging.getLogger("toybigram.train")
+TIMING_KEYS = ("elapsed_seconds",)
+# Settings that may change when a run is resumed; everything else must match the checkpoint.
+RESUMABLE_SETTINGS = {("train", "steps"), ("train", "resume"), ("train", "progress"), ("train", "overwrite"), ("train", "theory")}
+
+
+def make_optimizer(model: AssociativeTransformer, optim: DictConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optim.name == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
+
+
+def training_loss(logits: torch.Tensor, batch, loss_on: str) -> torch.Tensor:
+    losses = token_losses(logits, batch.targets)
+    if loss_on == "incontext":
+        mask = class_mask(batch.labels, "incontext")
+        return (losses * mask).sum() / mask.sum().clamp_min(1)
+    return losses.mean()
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to clobber a run, or to resume one that is not there or does not match."""
+    summary, checkpoint = run_dir / SUMMARY_FILE, run_dir / CHECKPOINT_FILE
+    if cfg.train.resume:
+        if not checkpoint.is_file():
+            raise UserError(f"train.resume: no checkpoint to resume in {run_dir} (set hydra.run.dir to the run's directory)")
+        saved = load_checkpoint(checkpoint)
+        mismatched = [
+            f"{group}.{key}"
+            for group, values in as_container(cfg).items() if isinstance(values, dict)
+            for key, value in values.items()
+            if (group, key) not in RESUMABLE_SETTINGS and saved["config"].get(group, {}).get(key) != value
+        ] + [key for key in ("seed", "data_seed") if saved["config"].get(key) != cfg[key]]
+        if mismatched:
+            raise UserError(f"train.resume: settings differ from the checkpoint in {run_dir}: {', '.join(mismatched)}")
+        if saved["step"] >= cfg.train.steps and summary.is_file():
+            raise UserError(f"train.resume: the run in {run_dir} already finished {saved['step']} steps; raise train.steps to continue")
+    elif not cfg.train.overwrite and (summary.is_file() or checkpoint.is_file()):
+        state = "a finished run" if summary.is_file() else "an interrupted run"
+        raise UserError(
+            f"{run_dir} already holds {state}; choose another hydra.run.dir, "
+            "continue it with train.resume=true, or start over with train.overwrite=true"
+        )
+
+
+def precheck(cfg: DictConfig) -> None:
+    """Everything that can be checked before Hydra writes the run directory."""
+    validate(cfg)
+    run_dir = cfg.get("hydra", {}).get("run", {}).get("dir")
+    if run_dir:
+        check_run_dir(cfg, Path(run_dir))
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain log lines otherwise (CI, files)."""
+
+    def __init__(self, mode: str, total: int, initial: int):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() and not os.environ.get("CI") else "lines"
+        self.mode, self.bar = mode, None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def report(self, row: dict) -> None:
+        text = (
+            f"step {row['step']:>6} | train loss {row['train_loss'] if row['train_loss'] is not None else float('nan'):.4f} "
+            f"| global {fmt(row['loss_global'])} (bayes {fmt(row['bayes_loss_global'])}) "
+            f"| in-context acc {fmt(row['acc_incontext'])} loss {fmt(row['loss_incontext'])}"
+        )
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"ic acc {fmt(row['acc_incontext'], 3)} gap {fmt(row['gap_global'], 3)}")
+        elif self.mode == "lines":
+            log.info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train one model as ``cfg`` says and write its run directory; returns the summary."""
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    chain, spec = validate(cfg)
+    check_run_dir(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.overwrite and not cfg.train.resume:
+        for name in (SUMMARY_FILE, CHECKPOINT_FILE, METRICS_FILE, "theory.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "theory", ignore_errors=True)
+    device = resolve_device(cfg.device)
+    config = as_container(cfg)
+
+    model = AssociativeTransformer(spec, seed=cfg.seed).to(device)
+    optimizer = make_optimizer(model, cfg.optim)
+    train_seed, eval_seed = data_seeds(cfg.data_seed)
+    sampler = make_sampler(cfg.data, chain, device, train_seed)
+    held_out = make_sampler(cfg.data, chain, device, eval_seed)
+    eval_batch = held_out.sample(cfg.train.eval_batch_size, cfg.data.seq_len)
+    eval_bayes = held_out.bayes_loss(eval_batch)
+    transition = torch.tensor(chain.transition, device=device)
+    fixed_triggers = sampler.fixed_triggers if cfg.data.triggers == "fixed" else None
+    groups = model.trainable_groups()
+    freeze_until = {name: int(step) for name, step in (cfg.train.freeze_until or {}).items()}
+
+    step, loss_sum, loss_count, step_seconds = 0, 0.0, 0, []
+    metrics_path = run_dir / METRICS_FILE
+    if cfg.train.resume:
+        state = load_checkpoint(run_dir / CHECKPOINT_FILE, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler_rng"].cpu() if device.type == "cpu" else state["sampler_rng"])
+        step, loss_sum, loss_count = state["step"], state["loss_sum"], state["loss_count"]
+        rows = [r for r in read_jsonl(metrics_path) if r["step"] <= step] if metrics_path.is_file() else []
+        write_jsonl(metrics_path, rows)  # drop rows written after the checkpoint
+        log.info("resumed %s at step %d", run_dir, step)
+    else:
+        write_jsonl(metrics_path, [])
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            run_dir / CHECKPOINT_FILE,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "sampler_rng": sampler.get_state().cpu(),
+                "step": step,
+                "loss_sum": loss_sum,
+                "loss_count": loss_count,
+            },
+            config,
+        )
+
+    def record() -> dict:
+        nonlocal loss_sum, loss_count
+        row = {"step": step, "train_loss": loss_sum / loss_count if loss_count else None}
+        row.update(evaluate(model, eval_batch, eval_bayes, transition, fixed_triggers))
+        row["elapsed_seconds"] = time.perf_counter() - start
+        append_jsonl(metrics_path, row)
+        loss_sum, loss_count = 0.0, 0
+        return row
+
+    progress = Progress(cfg.train.progress, cfg.train.steps, step)
+    row = record() if step == 0 else None
+    if row:
+        progress.report(row)
+    model.train()
+    try:
+        while step < cfg.train.steps:
+            tick = time.perf_counter()
+            batch = sampler.sample(cfg.train.batch_size, cfg.data.seq_len)
+            loss = training_loss(model(batch.inputs), batch, cfg.train.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for name, until in freeze_until.items():
+                if step < until:
+                    for p in groups[name]:
+                        p.grad = None  # skipped by the optimizer: no momentum or decay either
+            optimizer.step()
+            step += 1
+            loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+            step_seconds.append(time.perf_counter() - tick)
+            progress.step()
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                row = record()
+                progress.report(row)
+            if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step < cfg.train.steps:
+                checkpoint()
+    finally:
+        progress.close()
+    checkpoint()
+
+    if row is None or row["step"] != step:
+        row = record()
+    summary = {
+        **{k: v for k, v in row.items() if k not in TIMING_KEYS},
+        "steps": step,
+        "wall_seconds": time.perf_counter() - start,
+        "step_ms_median": 1e3 * sorted(step_seconds)[len(step_seconds) // 2] if step_seconds else None,
+        "seed": cfg.seed,
+        "data_seed": cfg.data_seed,
+        "data_source": chain.name,
+        "vocab_size": chain.vocab_size,
+        "triggers": chain.decode(fixed_triggers.tolist()) if fixed_triggers is not None and chain.alphabet else
+        (fixed_triggers.tolist() if fixed_triggers is not None else "random"),
+        "run_dir": str(run_dir),
+        **provenance(device, next(model.parameters()).dtype),
+        "config": config,
+    }
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    print(
+        "\n".join([
+            f"toybigram: {summary['steps']} steps in {summary['wall_seconds']:.1f} s "
+            f"({summary['step_ms_median']:.1f} ms/step) on {summary['device']} ({summary['dtype']})",
+            f"  in-context  acc {fmt(summary['acc_incontext'])}  loss {fmt(summary['loss_incontext'])}  (Bayes 0)",
+            f"  global      acc {fmt(summary['acc_global'])}  loss {fmt(summary['loss_global'])}  "
+            f"Bayes {fmt(summary['bayes_loss_global'])}  gap {fmt(summary['gap_global'])}",
+            f"  first occ.  acc {fmt(summary['acc_first'])}  loss {fmt(summary['loss_first'])}  Bayes {fmt(summary['bayes_loss_first'])}",
+            f"  probes      prev-token recall {fmt(summary['recall_prev_token'], 3)}  induction-key recall "
+            f"{fmt(summary['recall_induction_key'], 3)}  copy recall {fmt(summary['recall_copy'], 3)}  "
+            f"bigram KL {fmt(summary['bigram_kl'], 3)}",
+            f"  attention   layer-1 on previous token {fmt(summary['attn_prev_token'], 3)}  "
+            f"layer-2 on induction target {fmt(summary['attn_induction'], 3)}",
+            f"  output      {summary['run_dir']}",
+        ])
+    )
+
+
+def main_task(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    summary = train(cfg, HydraConfig.get().runtime.output_dir)
+    print_summary(summary)
+    return summary
+
+
+def main() -> None:
+    from toybigram.cli import run_app
+
+    run_app(main_task, "train", precheck)
+
+
+if __name__ == "__main__":
+    main()
