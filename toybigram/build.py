@@ -41,6 +41,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def apply_threads(threads: int) -> None:
+    """Set torch's CPU thread count (0 keeps torch's default)."""
+    if threads and threads != torch.get_num_threads():
+        torch.set_num_threads(int(threads))
+
+
 def make_chain(data: DictConfig) -> BigramChain:
     return build_chain(data.source, data.vocab_size, data.dirichlet_alpha, data.chain_seed, data.text_path)
 
@@ -113,12 +119,30 @@ def validate(cfg: DictConfig) -> tuple[BigramChain, ModelSpec]:
     require(train.progress in ("auto", "bar", "lines", "none"), "train.progress", f"unknown value {train.progress!r} (choose auto, bar, lines or none)")
     require(cfg.optim.name in ("adamw", "sgd"), "optim.name", f"unknown optimizer {cfg.optim.name!r} (choose adamw or sgd)")
     require(cfg.optim.lr > 0, "optim.lr", f"must be positive, got {cfg.optim.lr}")
+    require(cfg.optim.schedule in ("constant", "cosine"), "optim.schedule", f"unknown value {cfg.optim.schedule!r} (choose constant or cosine)")
+    require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be non-negative, got {cfg.optim.warmup_steps}")
+    require(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     groups = _trainable_names(spec)
     for name, step in (train.freeze_until or {}).items():
         require(name in groups, "train.freeze_until", f"unknown matrix {name!r} (choose from {', '.join(groups)})")
         require(int(step) >= 0, "train.freeze_until", f"{name}: step must be non-negative, got {step}")
     resolve_device(cfg.device)
+    require(cfg.get("threads", 0) >= 0, "threads", f"must be non-negative (0 = torch's default), got {cfg.get('threads')}")
+    _validate_instances(train)
     return chain, spec
+
+
+def _validate_instances(train: DictConfig) -> None:
+    """train.instances and the per-instance lists (seeds trained together, toybigram.ensemble)."""
+    instances = train.get("instances", 1)
+    require(instances >= 1, "train.instances", f"must be at least 1, got {instances}")
+    for key in ("instance_seeds", "instance_data_seeds", "instance_lrs"):
+        values = train.get(key)
+        if values is not None:
+            require(len(values) == instances, f"train.{key}", f"needs one value per instance (train.instances={instances}), got {len(values)}")
+    for lr in train.get("instance_lrs") or []:
+        require(lr > 0, "train.instance_lrs", f"learning rates must be positive, got {lr}")
+    require(not (instances > 1 and train.resume), "train.resume", "not supported with train.instances > 1; resume an instance's directory as a single run")
 
 
 def _trainable_names(spec: ModelSpec) -> list[str]:

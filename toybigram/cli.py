@@ -29,13 +29,16 @@ def _first_lines(error: BaseException) -> str:
     return " ".join(parts)
 
 
-def compose(config_name: str, overrides: list[str]) -> DictConfig:
-    """Compose ``config_name`` from conf/ with ``overrides`` (for notebooks, tests and pre-checks)."""
+def compose(config_name: str, overrides: list[str] = (), with_hydra: bool = False) -> DictConfig:
+    """Compose ``config_name`` from conf/ with ``overrides`` (for notebooks, tests and pre-checks).
+
+    ``with_hydra`` keeps the ``hydra`` node (run directory and so on).
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def run_app(
@@ -56,7 +59,7 @@ def run_app(
     if not is_multirun and not informational:
         overrides = [a for a in args if not a.startswith("-")]
         try:
-            cfg = compose(config_name, overrides)
+            cfg = compose(config_name, overrides, with_hydra=True)
         except UserError as err:
             exit_with(err)
         except Exception as err:  # Hydra/OmegaConf composition errors: unknown keys, bad types

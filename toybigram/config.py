@@ -18,7 +18,7 @@ class DataConfig:
     text_path: Optional[str] = None  # for source=text
     dirichlet_alpha: float = 0.5  # row concentration for source=dirichlet
     chain_seed: int = 0  # seeds the dirichlet chain (the "world"), separate from data_seed
-    seq_len: int = 128  # T: inputs per training sequence
+    seq_len: int = 32  # T: inputs per training sequence
     n_triggers: int = 5  # K
     triggers: str = "fixed"  # fixed (top-K of pi_u, after trigger_offset) | random (per sequence)
     trigger_offset: int = 0
@@ -28,7 +28,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    d_model: int = 128
+    d_model: int = 256
     n_layers: int = 2  # 2, or 3 (needed by pos=nope)
     pos: str = "ape"  # ape | rpe | rope | nope
     max_len: Optional[int] = None  # position table length; None = data.seq_len
@@ -49,11 +49,14 @@ class OptimConfig:
     beta1: float = 0.9  # adamw
     beta2: float = 0.99  # adamw
     weight_decay: float = 0.0
+    schedule: str = "cosine"  # constant | cosine (decays to min_lr_ratio * lr at the last step)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 64
     loss: str = "all"  # all | incontext (targets with label >= 2 only)
     eval_every: int = 50
@@ -65,6 +68,12 @@ class TrainConfig:
     overwrite: bool = False  # allow reusing a directory that holds a finished run
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     theory: bool = True  # run the analytic logit calculator on the final model
+    # Train S runs together in one process along an instance axis (toybigram.ensemble);
+    # run i writes <run dir>/instance{i}/ exactly as a separate run would.
+    instances: int = 1
+    instance_seeds: Optional[list[int]] = None  # model seeds; default seed + i
+    instance_data_seeds: Optional[list[int]] = None  # data seeds; default data_seed + i
+    instance_lrs: Optional[list[float]] = None  # learning rates; default optim.lr for all
 
 
 @dataclass
@@ -85,6 +94,7 @@ class TrainAppConfig:
     seed: int = 0  # frozen random matrices and any random init
     data_seed: int = 0  # training stream and held-out batch
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    threads: int = 0  # CPU threads for torch; 0 = torch's default (one per core). 1 is fastest when processes share the cores
 
 
 def register_configs() -> None:

@@ -7,7 +7,7 @@ from typing import NoReturn
 USAGE_EXIT_CODE = 2
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A problem with the user's input (config value, missing file, bad run directory)."""
 
 

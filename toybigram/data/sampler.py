@@ -6,7 +6,10 @@ z_{t+1} = o_k if z_t = q_k, else z_{t+1} ~ pi_b(. | z_t).
 Sampling is sequential in time and parallel over the batch. Every step is a table
 lookup: the next-token distribution of state i is an alias table (Walker/Vose), and
 each trigger of each sequence gets a deterministic row of its own, so one gather per
-step serves global and trigger transitions alike.
+step serves global and trigger transitions alike. All random numbers are drawn up front
+with the sampler's torch.Generator; on CPU the walk itself runs in numpy (torch's
+per-operation overhead dominates at these sizes), elsewhere in torch. Both walks give
+identical tokens.
 """
 from __future__ import annotations
 
@@ -141,41 +144,106 @@ class TriggerSampler:
     @torch.no_grad()
     def sample(self, batch_size: int, seq_len: int) -> Batch:
         """A batch of ``batch_size`` sequences with ``seq_len`` inputs (seq_len + 1 tokens)."""
+        return self.sample_together([self], batch_size, seq_len)[0]
+
+    def _draw(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, ...]:
+        """All the randomness of one batch, in stream order: triggers, outputs, columns, uniforms, first tokens."""
         require(batch_size > 0, "batch_size", f"must be positive, got {batch_size}")
         require(seq_len > 0, "seq_len", f"must be positive, got {seq_len}")
-        n, k, g, dev = self.vocab_size, self.n_triggers, self.generator, self.device
+        n, g, dev = self.vocab_size, self.generator, self.device
         triggers, outputs = self._draw_triggers_and_outputs(batch_size)
-
-        # Rows 0..N-1: the global chain. Row N + b*K + j: trigger j of sequence b, which
-        # always emits outputs[b, j] (accept probability 0, alias = the output).
-        row_of_state = torch.arange(n, device=dev).repeat(batch_size, 1)
-        trigger_rows = n + torch.arange(batch_size * k, device=dev).view(batch_size, k)
-        row_of_state.scatter_(1, triggers, trigger_rows)
-        row_of_state = row_of_state.view(-1)
-        accept = torch.cat([self._accept, self._accept.new_zeros(batch_size * k * n)])
-        alias = torch.cat([self._alias, outputs.reshape(-1, 1).expand(-1, n).reshape(-1)])
-
         columns = torch.randint(n, (seq_len, batch_size), generator=g, device=dev)
         uniforms = torch.rand((seq_len, batch_size), generator=g, device=dev)
-        tokens = torch.empty((seq_len + 1, batch_size), dtype=torch.long, device=dev)
-        tokens[0] = torch.multinomial(self._unigram, batch_size, replacement=True, generator=g)
-        sequence_offset = torch.arange(batch_size, device=dev) * n
-        state = tokens[0]
+        first = torch.multinomial(self._unigram, batch_size, replacement=True, generator=g)
+        return triggers, outputs, columns, uniforms, first
+
+    @staticmethod
+    @torch.no_grad()
+    def sample_together(samplers: list["TriggerSampler"], batch_size: int, seq_len: int) -> list[Batch]:
+        """One batch from each sampler (same chain and settings, own generators) in a single walk.
+
+        Each sampler draws exactly what its own ``sample`` would, so the batches are the
+        same as separate calls; only the walk over all sequences is shared.
+        """
+        lead = samplers[0]
+        for other in samplers[1:]:
+            require(
+                other.chain is lead.chain and other.device == lead.device and other.n_triggers == lead.n_triggers,
+                "samplers", "sampling together needs one chain, device and trigger count",
+            )
+        draws = [s._draw(batch_size, seq_len) for s in samplers]
+        triggers, outputs, columns, uniforms, first = (
+            torch.cat(parts, dim=1 if parts[0].dim() == 2 and i in (2, 3) else 0) for i, parts in enumerate(zip(*draws))
+        )
+        # All randomness is drawn; the walk itself is deterministic.
+        walk = lead._walk_numpy if lead.device.type == "cpu" else lead._walk_torch
+        tokens = walk(triggers, outputs, columns, uniforms, first).split(batch_size)
+        return [
+            Batch(tok, TriggerSampler.label(tok[:, :-1], trig), trig, out)
+            for tok, trig, out in zip(tokens, triggers.split(batch_size), outputs.split(batch_size))
+        ]
+
+    def _tables(self, triggers: torch.Tensor, outputs: torch.Tensor, lib):
+        """Flat alias tables of this batch and each sequence's row of each state (row * N).
+
+        Rows 0..N-1: the global chain. Row N + b*K + j: trigger j of sequence b, which
+        always emits outputs[b, j] (accept probability 0, alias = the output).
+        """
+        n, (batch_size, k) = self.vocab_size, triggers.shape
+        row_of_state = torch.arange(n, device=triggers.device).repeat(batch_size, 1)
+        trigger_rows = n + torch.arange(batch_size * k, device=triggers.device).view(batch_size, k)
+        row_of_state.scatter_(1, triggers, trigger_rows)
+        accept = torch.cat([self._accept, self._accept.new_zeros(batch_size * k * n)])
+        alias = torch.cat([self._alias, outputs.reshape(-1, 1).expand(-1, n).reshape(-1)])
+        row_start = (row_of_state * n).view(-1)
+        if lib is np:  # int32 indices: half the memory traffic of the gathers
+            return row_start.numpy().astype(np.int32), accept.numpy(), alias.numpy().astype(np.int32)
+        return row_start, accept, alias
+
+    def _walk_torch(self, triggers, outputs, columns, uniforms, first) -> torch.Tensor:
+        """The reference walk, tokens (B, T+1): one alias-table gather per step, on any device."""
+        n, (seq_len, batch_size) = self.vocab_size, columns.shape
+        row_start, accept, alias = self._tables(triggers, outputs, torch)
+        tokens = torch.empty((seq_len + 1, batch_size), dtype=torch.long, device=columns.device)
+        tokens[0] = first
+        sequence_offset = torch.arange(batch_size, device=columns.device) * n
+        state = first
         for t in range(seq_len):
-            cell = row_of_state[sequence_offset + state] * n + columns[t]
+            cell = row_start[sequence_offset + state] + columns[t]
             state = torch.where(uniforms[t] < accept[cell], columns[t], alias[cell])
             tokens[t + 1] = state
-        tokens = tokens.T.contiguous()
-        return Batch(tokens, self.label(tokens[:, :-1], triggers), triggers, outputs)
+        return tokens.T.contiguous()
+
+    def _walk_numpy(self, triggers, outputs, columns, uniforms, first) -> torch.Tensor:
+        """The same walk on CPU with numpy into preallocated buffers (~20x less overhead per step)."""
+        n, (seq_len, batch_size) = self.vocab_size, columns.shape
+        row_start, accept, alias = self._tables(triggers, outputs, np)
+        columns, uniforms = columns.numpy().astype(np.int32), uniforms.numpy()
+        tokens = np.empty((seq_len + 1, batch_size), dtype=np.int32)
+        tokens[0] = first.numpy()
+        sequence_offset = np.arange(batch_size, dtype=np.int32) * n
+        index, cell = np.empty(batch_size, np.int32), np.empty(batch_size, np.int32)
+        threshold, keep = np.empty(batch_size, np.float32), np.empty(batch_size, bool)
+        for t in range(seq_len):
+            np.add(sequence_offset, tokens[t], out=index)
+            row_start.take(index, out=cell)
+            cell += columns[t]  # cell = row_start[b, state] + column
+            accept.take(cell, out=threshold)
+            np.less(uniforms[t], threshold, out=keep)
+            alias.take(cell, out=tokens[t + 1])
+            np.copyto(tokens[t + 1], columns[t], where=keep)  # keep the column, else its alias
+        return torch.from_numpy(np.ascontiguousarray(tokens.T, dtype=np.int64))
 
     @staticmethod
     def label(inputs: torch.Tensor, triggers: torch.Tensor) -> torch.Tensor:
         """Label of each target: 0 if its input is no trigger, else that trigger's firing count so far."""
         if triggers.shape[1] == 0:
             return torch.zeros_like(inputs)
-        is_trigger = inputs.unsqueeze(-1) == triggers.unsqueeze(1)  # (B, T, K)
-        firings = is_trigger.long().cumsum(dim=1)
-        return (firings * is_trigger).sum(dim=-1)
+        labels = torch.zeros_like(inputs)
+        for k in range(triggers.shape[1]):  # one (B, T) pass per trigger, not a (B, T, K) tensor
+            is_trigger = inputs == triggers[:, k : k + 1]
+            labels += is_trigger.cumsum(dim=1) * is_trigger
+        return labels
 
     # -- Bayes floors ----------------------------------------------------------------------
     def first_occurrence_entropy(self, triggers: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""Experiments: configs compose, the aggregator on a fixture of run directories, the submitit_local sweep."""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.aggregate import MixedRunsError, collect, mean_ci, summarise, write_table
+from experiments.figures import FIGURES, fig1_tables
+from experiments.sweeps import PROFILES, ROOT, Sweep, experiment_name
+from conftest import TINY
+
+CONFIG = {"data": {"source": "dirichlet", "vocab_size": 16, "seq_len": 32}, "model": {"d_model": 64, "pos": "ape"},
+          "train": {"steps": 20, "freeze_until": {}, "progress": "none"}, "seed": 0, "data_seed": 0, "device": "cpu"}
+
+
+def _metrics(steps):
+    return [{"step": s, "loss_global": 2.0 - s / 100, "acc_incontext": s / 20, "recall_copy": s / 20,
+             "recall_induction_key": s / 40, "recall_prev_token": s / 80, "recall_prev_token_first64": s / 60,
+             "bigram_kl": 1 - s / 40} for s in steps]
+
+
+def make_run(root: Path, name: str, seed: int, *, summary=True, metrics=(0, 10, 20), overrides=None, config=None, log=None):
+    """A run directory as Hydra + toybigram.train leave it."""
+    path = root / name
+    (path / ".hydra").mkdir(parents=True)
+    cfg = json.loads(json.dumps(config or CONFIG))
+    cfg["seed"] = cfg["data_seed"] = seed
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in (overrides or [f"seed={seed}"])))
+    (path / ".hydra" / "config.yaml").write_text(json.dumps(cfg))
+    if metrics:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _metrics(metrics)))
+    if summary:
+        (path / "summary.json").write_text(json.dumps({"acc_incontext": 0.9, "steps": 20, "config": cfg}))
+    if log:
+        (path / "train.log").write_text(log)
+    return path
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    """Seeds 0..4 expected: 0 and 1 finished, 2 failed at start, 3 interrupted, 4 never ran."""
+    root = tmp_path / "sweep"
+    make_run(root, "0", 0)
+    make_run(root, "1", 1)
+    make_run(root, "2", 2, summary=False, metrics=(), log="[INFO] start\nerror: data.vocab_size: must be at least 2\n")
+    make_run(root, "3", 3, summary=False, metrics=(0, 10))
+    (root / ".submitit").mkdir()  # launcher files are not runs
+    return root
+
+
+def test_collect_reports_failed_incomplete_and_missing_runs_by_name(sweep_dir):
+    got = collect(sweep_dir, {"seed": ["0", "1", "2", "3", "4"]}, "fixture")
+    assert sorted(r.name for r in got.runs) == ["seed=0", "seed=1"]
+    status = {p.name: p for p in got.problems}
+    assert set(status) == {"seed=2", "seed=3", "seed=4"}
+    assert status["seed=2"].status == "failed" and "vocab_size" in status["seed=2"].why
+    assert status["seed=3"].status == "incomplete" and "step 10 of 20" in status["seed=3"].why
+    assert status["seed=4"].status == "missing" and status["seed=4"].path is None
+
+
+def test_collect_requires_the_post_run_result(sweep_dir):
+    (sweep_dir / "0" / "experiments").mkdir()
+    (sweep_dir / "0" / "experiments" / "length.json").write_text('{"x": 1}')
+    got = collect(sweep_dir, {"seed": ["0", "1"]}, "fixture", result="length")
+    assert [r.name for r in got.runs] == ["seed=0"] and got.runs[0].result == {"x": 1}
+    assert [(p.name, p.status) for p in got.problems if p.name == "seed=1"] == [("seed=1", "incomplete")]
+
+
+def test_collect_survives_an_unreadable_summary(sweep_dir):
+    (sweep_dir / "1" / "summary.json").write_text('{"torn": ')
+    got = collect(sweep_dir, {"seed": ["0", "1"]}, "fixture")
+    assert [r.name for r in got.runs] == ["seed=0"]
+    assert any(p.name == "seed=1" and p.status == "failed" for p in got.problems)
+
+
+def test_collect_refuses_runs_whose_unswept_settings_differ(tmp_path):
+    other = json.loads(json.dumps(CONFIG))
+    other["model"]["d_model"] = 128
+    make_run(tmp_path, "0", 0)
+    make_run(tmp_path, "1", 1, config=other)
+    with pytest.raises(MixedRunsError, match=r"model\.d_model: 64 in seed=0; 128 in seed=1"):
+        collect(tmp_path, {"seed": ["0", "1"]}, "fixture")
+
+
+def test_collect_accepts_runs_that_differ_only_in_swept_settings(tmp_path):
+    other = json.loads(json.dumps(CONFIG))
+    other["model"]["pos"] = "rpe"
+    make_run(tmp_path, "0", 0, overrides=["model.pos=ape", "seed=0"])
+    make_run(tmp_path, "1", 0, overrides=["model.pos=rpe", "seed=0"], config=other)
+    got = collect(tmp_path, {"model.pos": ["ape", "rpe"], "seed": ["0"]}, "fixture")
+    assert sorted(r.name for r in got.runs) == ["model.pos=ape,seed=0", "model.pos=rpe,seed=0"] and not got.problems
+
+
+def test_fig1_table_from_fixture_runs(sweep_dir, tmp_path):
+    from experiments.aggregate import Collected
+
+    runs = collect(sweep_dir, {"seed": ["0", "1", "2", "3", "4"]}, "fixture").runs
+    tables = fig1_tables({"fig1_dynamics": Collected("a", runs), "fig1_freeze": Collected("b", runs)}, "quick")
+    rows = [r for r in tables["fig1_dynamics"] if r["variant"] == "free" and r["step"] == 20]
+    assert rows[0]["loss_global_n"] == 2 and rows[0]["loss_global_mean"] == pytest.approx(1.8)
+    order = {r["probe"]: r["rise_step_mean"] for r in tables["fig1_order"] if r["variant"] == "free"}
+    assert order["recall_copy"] == 10 and order["recall_prev_token"] == 10  # half of the final value
+
+
+def test_mean_ci_and_summarise():
+    mean, ci, n = mean_ci([1.0, 2.0, 3.0, None, math.inf])
+    assert (mean, n) == (2.0, 3) and ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert math.isnan(mean_ci([])[0])
+    rows = summarise([{"k": 1, "v": 1.0}, {"k": 1, "v": 3.0}, {"k": 2, "v": 5.0}], ["k"], ["v"])
+    assert rows[0]["v_mean"] == 2.0 and rows[1]["v_n"] == 1 and math.isnan(rows[1]["v_ci"])
+
+
+def test_write_table_is_atomic(tmp_path, monkeypatch):
+    path = write_table(tmp_path / "t.csv", [{"a": 1, "b": math.inf}, {"a": 2.5, "b": None}])
+    assert path.read_text() == "a,b\n1,inf\n2.5,\n"
+    import toybigram.runio as runio
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runio.os, "replace", boom)
+    with pytest.raises(OSError):
+        write_table(path, [{"a": 9}])
+    assert path.read_text() == "a,b\n1,inf\n2.5,\n"
+    assert not list(tmp_path.glob(".t.csv*"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_experiment_config_composes_and_validates(profile):
+    from omegaconf import OmegaConf
+
+    from toybigram.build import validate
+
+    bases = {base for fig in FIGURES.values() for base, _ in fig.experiments}
+    for base in sorted(bases):
+        sweep = Sweep.load(experiment_name(base, profile))
+        assert f"/{profile}/" in str(sweep.sweep_dir)
+        assert len(sweep.axes.get("seed", [])) >= 3, f"{base}: at least 3 seeds per point"
+        for point in sweep.points[:: max(1, len(sweep.points) // 4)]:  # the swept values validate too
+            cfg = OmegaConf.create(sweep.config)
+            for key, value in point.items():
+                OmegaConf.update(cfg, key, yaml.safe_load(value))
+            validate(cfg)
+
+
+def test_submitit_local_sweep_runs_two_jobs(tmp_path):
+    """The cluster code path: a two-job multirun through hydra/launcher=submitit_local, then aggregation."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "toybigram.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+           f"hydra.sweep.dir={sweep}", "seed=0,1", "train.steps=5", "train.eval_every=5", "train.ckpt_every=0", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert glob.glob(str(sweep / ".submitit" / "*")), "the jobs did not go through submitit"
+    got = collect(sweep, {"seed": ["0", "1"]}, "submitit")
+    assert sorted(r.name for r in got.runs) == ["seed=0", "seed=1"] and not got.problems
+    assert all(r.summary["steps"] == 5 for r in got.runs)

@@ -1,0 +1,90 @@
+"""Each figure script on a tiny fixture table: it reads only the tables and writes PNG and PDF."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from experiments.aggregate import write_table
+
+FIGURES_DIR = Path(__file__).resolve().parent.parent / "paper_figures"
+
+
+def stat(name, mean, ci=0.05, n=3):
+    return {f"{name}_mean": mean, f"{name}_ci": ci, f"{name}_n": n}
+
+
+def tables() -> dict[str, list[dict]]:
+    fig1_metrics = ["loss_global", "loss_first", "loss_incontext", "bayes_loss_global", "bayes_loss_first", "bayes_loss_incontext",
+                    "acc_incontext", "recall_prev_token", "recall_prev_token_first64", "recall_induction_key", "recall_copy", "bigram_kl"]
+    fig1 = [{"variant": v, "step": s, **{k: x for m in fig1_metrics for k, x in stat(m, s / 40).items()}}
+            for v in ("free", "freeze") for s in (0, 20, 40)]
+    order = [{"variant": v, "probe": p, "matrix": m, **stat("release_step", r), **stat("rise_step", r + 10)}
+             for v in ("free", "freeze") for p, m, r in (("recall_copy", "W_O2", 0), ("recall_induction_key", "W_K2", 10),
+                                                          ("recall_prev_token", "W_K1", 20))]
+    T = 6
+    fig2 = [{"layer": layer, "t": t, "s": s, "weight": 1.0 / (t + 1)} for layer in (1, 2) for t in range(T) for s in range(t + 1)]
+    prompt = [{"t": t, "token": t % 3, "label": 2 if t == 4 else 0, "seed": 0} for t in range(T)]
+    acc = [{"pos": p, "ratio": r, "T_test": int(8 * r), "T_train": 8, **stat("acc_incontext", 0.9 / r)}
+           for p in ("ape", "rpe", "rope", "nope") for r in (0.5, 1, 2)]
+    attn = [{"pos": p, "T_test": 16, "T_train": 8, "position": t, **stat("attn_prev", 0.5)} for p in ("ape", "rpe") for t in range(1, 16)]
+    hij = [{"T": T_, "c": c, "T_train": 8, **stat("share_model", c / 3), **stat("share_theory", c / 4)} for T_ in (8, 16) for c in range(3)]
+    thr = [{"T": 8, **stat("c_star_closed_form", 1.0), **stat("c_star_model", 1.0), **stat("c_star_theory", 2.0)},
+           {"T": 16, **stat("c_star_closed_form", math.nan, math.nan, 0), **stat("c_star_model", 2.0), **stat("c_star_theory", math.nan, math.nan, 0)}]
+    fams = ("length", "hijack", "compete", "dilution")
+    r2 = [{"family": f, **stat("r2", 0.7), **stat("top1", 0.8)} for f in fams]
+    scatter = [{"family": f, "predicted": x / 10, "measured": x / 9, "r2_seed": 0.7} for f in fams for x in range(-5, 6)]
+    width = [{"d": d, "N": 8, "T": 16, **stat("r2_idealised", d / 100), **stat("r2_corrected", 1.0),
+              **stat("attn2_error_idealised", 0.3), **stat("top1_idealised", 0.5)} for d in (16, 32, 64)]
+    mats = [{"matrix": m, "row": i, "col": j, "value": float(i == j)} for m in ("lambda", "beta") for i in range(3) for j in range(3)]
+    bigram = [{"i": i, "j": j, "g": i - j, "log_pi": i - j + 0.1} for i in range(3) for j in range(3)]
+    alpha = [{"pos": "ape", "kind": "position", "index": t, **stat("alpha", math.log(t + 1))} for t in range(8)] + \
+            [{"pos": "rpe", "kind": "offset", "index": t, **stat("alpha", float(t == 1))} for t in range(8)]
+    stats = [{"pos": p, **stat("g_pearson", 0.9), **stat("lambda_diag_minus_off", 3.0), **stat("beta_diag_minus_off", 2.0)} for p in ("ape", "rpe")]
+    grid = [{"N": N, "T": T_, "steps": 40, **stat("acc_incontext", 0.5), **stat("formation_step", 20.0 if N == 4 else math.nan, 1.0, 3 if N == 4 else 0),
+             **stat("top1_agreement", 0.6), **stat("r2_centered_logits", 0.5)} for N in (4, 8) for T_ in (8, 16)]
+    return {"fig1_dynamics": fig1, "fig1_order": order, "fig2_attention": fig2, "fig2_prompt": prompt,
+            "fig3_length_acc": acc, "fig3_length_attn": attn, "fig4_hijack": hij, "fig4_threshold": thr,
+            "fig5_r2": r2, "fig5_scatter": scatter, "fig5_width": width, "fig6_matrices": mats, "fig6_bigram": bigram,
+            "fig6_alpha": alpha, "fig6_stats": stats, "fig7_grid": grid}
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, FIGURES_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPTS = ["fig1_dynamics", "fig2_attention", "fig3_length", "fig4_hijack", "fig5_theory", "fig6_memories", "fig7_vocab_length"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tables")
+    for name, rows in tables().items():
+        write_table(folder / f"{name}.csv", rows)
+    return folder
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_figure_script_draws_png_and_pdf_from_its_tables(name, data_dir, tmp_path):
+    paths = load(name).main(["--data", str(data_dir), "--out", str(tmp_path)])
+    assert sorted(p.name for p in paths) == [f"{name}.pdf", f"{name}.png"]
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_figure_scripts_never_train():
+    for name in SCRIPTS + ["common"]:
+        text = (FIGURES_DIR / f"{name}.py").read_text()
+        assert "toybigram" not in text and "torch" not in text, f"{name}.py must only read tables"
+
+
+def test_missing_table_is_a_clear_error(tmp_path):
+    common = load("common")
+    with pytest.raises(FileNotFoundError, match="make figures"):
+        load("fig7_vocab_length").main(["--data", str(tmp_path), "--out", str(tmp_path)])
+    assert common.DATA.name == "data"

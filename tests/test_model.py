@@ -1,0 +1,138 @@
+import math
+
+import pytest
+import torch
+
+from toybigram.model import AssociativeTransformer, ModelSpec, rotate
+from toybigram.probes import attention_probes, copy_recall, induction_key_recall, previous_token_recall
+
+N, D, T = 11, 32, 12
+
+
+def tiny(pos="ape", n_layers=2, ffn="relu", init="random", **kw):
+    spec = ModelSpec(vocab_size=N, d_model=D, n_layers=n_layers, pos=pos, max_len=T, ffn=ffn, init=init, **kw)
+    return AssociativeTransformer(spec, seed=3).double()
+
+
+def test_hook_names_and_shapes():
+    model = tiny(ffn="relu", d_hidden=40)
+    tokens = torch.randint(N, (2, T))
+    _, cache = model.run_with_cache(tokens)
+    expected = {
+        "hook_embed": (2, T, D),
+        "hook_pos_embed": (T, D),
+        "blocks.0.attn.hook_pattern": (2, T, T),
+        "blocks.0.attn.hook_attn_scores": (2, T, T),
+        "blocks.1.attn.hook_z": (2, T, D),
+        "blocks.1.hook_resid_mid": (2, T, D),
+        "blocks.1.mlp.hook_pre": (2, T, 40),
+        "blocks.1.mlp.hook_post": (2, T, 40),
+        "blocks.1.hook_mlp_out": (2, T, D),
+        "blocks.1.hook_resid_post": (2, T, D),
+    }
+    for name, shape in expected.items():
+        assert tuple(cache[name].shape) == shape, name
+    assert (cache["blocks.1.mlp.hook_post"] >= 0).all()
+    patterns = cache["blocks.0.attn.hook_pattern"]
+    torch.testing.assert_close(patterns.sum(-1), torch.ones(2, T, dtype=torch.float64))
+    assert (patterns.triu(1) == 0).all()  # causal
+
+
+def test_names_filter_and_hook_replacement_and_cleanup():
+    model = tiny()
+    tokens = torch.randint(N, (2, T))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert set(cache) == {"blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"}
+
+    with model.hooks([("blocks.1.hook_resid_post", lambda x, hook: torch.zeros_like(x))]):
+        assert torch.count_nonzero(model(tokens)) == 0
+    assert torch.count_nonzero(model(tokens)) > 0
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.hooks([("hook_embed", lambda x, hook: None)]):
+            raise RuntimeError("boom")
+    assert all(not p._forward_hooks for p in model.hook_points.values())
+    with pytest.raises(KeyError):
+        with model.hooks([("no_such_hook", lambda x, hook: None)]):
+            pass
+    assert all(not p._forward_hooks for p in model.hook_points.values())
+
+
+def test_forward_is_the_spec_formula_for_ape():
+    model = tiny(pos="ape", ffn="linear")
+    tokens = torch.randint(N, (1, T))
+    z = tokens[0]
+    x = model.W_E[z] + model.W_pos[:T]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+
+    def attend(h, W_K):
+        return torch.softmax((h @ W_K @ h.T).masked_fill(~causal, -math.inf), -1)
+
+    b1, b2 = model.blocks
+    h = x + attend(x, b1.W_K) @ x @ (b1.W_O @ b1.W_V).T
+    y = h + attend(h, b2.W_K) @ h @ (b2.W_O @ b2.W_V).T
+    y = y + y @ b2.mlp.W_F.T
+    torch.testing.assert_close(model(tokens)[0], y @ model.W_U)
+
+
+def test_rope_and_rpe_scores_are_relative():
+    rope = tiny(pos="rope")
+    x = torch.randn(1, T, D, dtype=torch.float64)
+    scores = rope.blocks[0].attn.scores(x, None)[0]
+    t, s = 7, 3
+    # x_t^T R_{s-t} W_K x_s: rotating both sides by the same extra angle changes nothing.
+    a = rotate(x[0, t : t + 1], torch.tensor([t - s]), rope.spec.rope_base)
+    b = x[0, s : s + 1] @ rope.blocks[0].W_K.T
+    torch.testing.assert_close(scores[t, s], (a @ b.T)[0, 0])
+
+    rpe = tiny(pos="rpe")
+    scores = rpe.blocks[0].attn.scores(x, rpe.W_rel)[0]
+    torch.testing.assert_close(scores[t, s], x[0, t] @ rpe.blocks[0].W_K @ rpe.W_rel[t - s])
+
+
+def test_ape_beyond_the_table_needs_a_policy():
+    tokens = torch.randint(N, (1, T + 5))
+    with pytest.raises(ValueError, match="model.max_len"):
+        tiny(pos="ape")(tokens)
+    extended = tiny(pos="ape", ape_extension="random")
+    assert extended(tokens).shape == (1, T + 5, N)
+    # The extension continues the same frozen stream: a longer table starts with the shorter one.
+    longer = AssociativeTransformer(ModelSpec(vocab_size=N, d_model=D, max_len=T + 5, init="random"), seed=3).double()
+    torch.testing.assert_close(extended.positions(T + 5), longer.W_pos)
+    assert tiny(pos="ape", ape_extension="clamp")(tokens).shape == (1, T + 5, N)
+
+
+def test_frozen_and_trainable_split_and_zero_init():
+    model = AssociativeTransformer(ModelSpec(vocab_size=N, d_model=D, max_len=T, ffn="linear"), seed=0)
+    trainable = {n for n, p in model.named_parameters()}
+    assert trainable == {"blocks.0.attn.W_K", "blocks.1.attn.W_K", "blocks.1.attn.W_O", "blocks.1.mlp.W_F"}
+    assert all(torch.count_nonzero(p) == 0 for p in model.parameters())
+    assert set(model.trainable_groups()) == {"W_K1", "W_K2", "W_O2", "W_F"}
+    # Same seed, same frozen matrices; another seed, different ones.
+    again = AssociativeTransformer(ModelSpec(vocab_size=N, d_model=D, max_len=T, ffn="linear"), seed=0)
+    other = AssociativeTransformer(ModelSpec(vocab_size=N, d_model=D, max_len=T, ffn="linear"), seed=1)
+    assert torch.equal(model.W_E, again.W_E) and not torch.equal(model.W_E, other.W_E)
+
+
+def test_ideal_memories_predict_incontext_tokens_and_pass_every_probe():
+    from toybigram.data import TriggerSampler, dirichlet_chain
+    from toybigram.theory import ideal_model
+
+    spec = ModelSpec(vocab_size=16, d_model=1024, max_len=64, ffn="none")
+    model = ideal_model(spec, alpha=12.0, lam=10.0, beta=8.0, seed=0)
+    assert previous_token_recall(model)["recall_prev_token"] == 1.0
+    assert induction_key_recall(model) == 1.0
+    assert copy_recall(model) == 1.0
+
+    sampler = TriggerSampler(dirichlet_chain(16, 0.5, seed=0), n_triggers=3, seed=0)
+    batch = sampler.sample(32, 64)
+    incontext = batch.labels >= 2
+    logits = model(batch.inputs)
+    accuracy = (logits.argmax(-1) == batch.targets)[incontext].float().mean().item()
+    assert accuracy > 0.98
+    probes = attention_probes(model, batch.inputs, batch.labels)
+    assert probes["attn_prev_token"] > 0.95 and probes["attn_induction"] > 0.9
+    # Without the copy memory the same prompts are at chance: the memories do the work.
+    with torch.no_grad():
+        model.blocks[1].attn.W_O.zero_()
+    assert (model(batch.inputs).argmax(-1) == batch.targets)[incontext].float().mean().item() < 0.3

@@ -1,0 +1,145 @@
+"""The Hydra app end to end on a tiny random Llama saved here, and its bad-input messages."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from toybigram.cli import compose  # noqa: E402
+from toybigram.errors import UserError  # noqa: E402
+from toybigram.repetition import config as _config  # noqa: E402,F401
+from toybigram.repetition.__main__ import TEXTS_PARTIAL, precheck, run_study  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "progress=false", "collect.n_rank=3", "collect.n_heldout=1", "collect.n_plain=1", "collect.max_texts=16",
+    "collect.batch_size=8", "collect.prefix_len=50", "collect.greedy_len=50",
+    "intervene.ks=[0,4]", "intervene.random_draws=1", "intervene.new_tokens=20",
+    "perplexity.seq_len=16", "perplexity.max_tokens=64",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama and a word-level tokenizer, saved like any local HF model."""
+    path = tmp_path_factory.mktemp("tinyllama")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 64)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    (path / "text.txt").write_text(" ".join(f"w{3 + (i * 7) % 61}" for i in range(400)))
+    return path
+
+
+def cfg_for(model_dir: Path, run_dir: Path, *extra: str, with_hydra: bool = False):
+    """The composed config; ``with_hydra`` keeps the hydra node that precheck reads the run dir from."""
+    overrides = ["lm=hf", f"lm.path={model_dir}", f"hydra.run.dir={run_dir}", f"perplexity.text={model_dir / 'text.txt'}", *TINY, *extra]
+    return compose("repetition", overrides, with_hydra=with_hydra)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "toybigram.repetition", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_study_end_to_end_then_refuses_to_overwrite(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = cfg_for(tiny_model_dir, run_dir)
+    precheck(cfg_for(tiny_model_dir, run_dir, with_hydra=True))
+    summary = run_study(cfg, run_dir)
+    for name in ("texts.jsonl", "neuron_scores.npz", "top_neurons.json", "layer_distribution.json", "heads.json",
+                 "onset_profile.json", "interventions.jsonl", "interventions_table.json", "perplexity_table.json",
+                 "fig_layers_heads.png", "fig_interventions.png", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["n_neurons"] == 48 and saved["neurons_per_layer"] == [24, 24]
+    assert saved["config"]["collect"]["n_rank"] == 3 and saved["device"] == "cpu" and saved["versions"]["torch"]
+    texts = [json.loads(line) for line in (run_dir / "texts.jsonl").read_text().splitlines()]
+    assert sum(t["split"] == "rank" for t in texts) == 3 and sum(t["split"] == "heldout" for t in texts) == 1
+    deact = summary["interventions"]["deactivate"]
+    assert [r["k"] for r in deact] == [0, 4] and deact[0]["top"] == 1.0  # unedited held-out prompts loop again
+    # a finished run is never overwritten silently
+    with pytest.raises(UserError, match="finished run"):
+        precheck(cfg_for(tiny_model_dir, run_dir, with_hydra=True))
+
+
+def test_too_few_texts_then_resume_keeps_them(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError, match="too few texts"):
+        run_study(cfg_for(tiny_model_dir, run_dir, "collect.n_rank=40", "collect.max_texts=8"), run_dir)
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "texts.jsonl").exists()
+    first = (run_dir / TEXTS_PARTIAL).read_text().splitlines()
+    assert len(first) == 8
+    with pytest.raises(UserError, match="interrupted run"):
+        precheck(cfg_for(tiny_model_dir, run_dir, "collect.max_texts=16", with_hydra=True))
+    resume = ("collect.max_texts=16", "resume=true", "intervene.run_activate=false", "perplexity.enabled=false", "figures=false")
+    cfg = cfg_for(tiny_model_dir, run_dir, *resume)
+    precheck(cfg_for(tiny_model_dir, run_dir, *resume, with_hydra=True))
+    run_study(cfg, run_dir)
+    again = (run_dir / TEXTS_PARTIAL).read_text().splitlines()
+    assert again[:8] == first and len(again) >= 9
+
+
+def test_k_larger_than_neuron_count(tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match="K=49 is larger than the model's 48 neurons"):
+        run_study(cfg_for(tiny_model_dir, tmp_path / "run", "intervene.ks=[0,49]"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tiny_model_dir, tmp_path):
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"not a model")
+    broken_gguf = tmp_path / "broken.gguf"
+    broken_gguf.write_bytes(b"GGUF" + b"\x00" * 64)
+    no_mlp = tmp_path / "gpt_like"
+    no_mlp.mkdir()
+    (no_mlp / "config.json").write_text("{}")
+    cases = [
+        (["lm=hf"], "lm.path"),
+        (["lm=hf", f"lm.path={tmp_path / 'missing'}"], "does not exist"),
+        (["lm=hf", f"lm.path={not_gguf}"], "is not a GGUF file"),
+        (["lm.kind=bogus"], "unknown model kind"),
+        (["lm=toy"], "lm.path"),
+        (["detector.repeats=1"], "detector.repeats"),
+        (["lm=hf", f"lm.path={broken_gguf}", f"hydra.run.dir={tmp_path / 'r1'}"], "could not load GGUF file"),
+    ]
+    for args, expected in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr[-500:])
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and expected in lines[0], (args, result.stderr[-500:])
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r1" / "summary.json").exists()
+
+
+def test_model_without_mlp_activation_module_is_refused():
+    from toybigram.repetition.models import HFSubject
+
+    class NoMLP(torch.nn.Module):
+        config = transformers.LlamaConfig(num_hidden_layers=1, vocab_size=8)
+
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+
+    class Tok:
+        bos_token_id = 1
+
+    with pytest.raises(UserError, match="no MLP activation module to hook"):
+        HFSubject.build("no-mlp", NoMLP(), Tok(), torch.device("cpu"), torch.float32)

