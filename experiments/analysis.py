@@ -16,7 +16,7 @@ from toybigram.theory.calculator import agreement, centred, hijack_threshold
 from toybigram.theory.compare import _hijack_pairs, run_both
 from toybigram.theory.ideal import log_bigram
 from toybigram.theory.prompts import compete, dilution, hijack, length_prompts
-from toybigram.theory.strengths import read_alpha, read_strengths
+from toybigram.theory.strengths import read_alpha, read_strengths, relative_diagonal
 
 PROMPT_SEED = 1234
 
@@ -73,7 +73,7 @@ def length_generalisation(run_dir, ratios=(0.5, 1, 2, 4, 8), batch: int = 32) ->
 def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outputs: int = 2, fillers: int = 8) -> dict:
     """Figure 4: over (c, T), the share of hijack prompts where the in-context token o beats the
     global favourite b* at the last position, for the model and the calculator (full strengths),
-    and the closed-form threshold c*(T) (diagonal strengths), per (q, o) pair."""
+    and the closed-form threshold c*(T) (calculator.hijack_threshold, median over (q, o) pairs)."""
     model, cfg = load_run(run_dir)
     chain = make_chain(cfg.data)
     T0 = int(cfg.data.seq_len)
@@ -81,6 +81,9 @@ def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outp
     strengths = read_strengths(model, max(lengths), "full")
     diag = read_strengths(model, T0, "diagonal")
     pairs = _hijack_pairs(model, strengths, _triggers(cfg, chain), n_outputs)
+    # Closed form: lambda_q from the diagonal read; beta and the gap through the full logit readout
+    # (I + W_F): the diagonal read leaves out the feed-forward path, which carries most of the copy.
+    beta = relative_diagonal(strengths.copy, 0)
     gen = torch.Generator().manual_seed(PROMPT_SEED)
     cells, thresholds = [], []
     for L in lengths:
@@ -100,8 +103,8 @@ def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outp
             counts_t = torch.tensor(cs).repeat_interleave(fillers)
             f_o = ((prompts == o).sum(1) - counts_t).double().mean()
             f_b = (prompts == b).sum(1).double().mean()
-            gap = diag.glob[q, b] - diag.glob[q, o]
-            closed.append(hijack_threshold(L, diag.key[q], diag.copy[o], diag.copy[b], gap, f_o, f_b).item())
+            gap = strengths.glob[q, b] - strengths.glob[q, o]
+            closed.append(hijack_threshold(L, diag.key[q], beta[o], beta[b], gap, f_o, f_b).item())
         for c in cs:
             cells.append({"T": L, "c": c, "share_model": sum(wins_m[c]) / len(pairs), "share_theory": sum(wins_t[c]) / len(pairs)})
         finite = sorted(closed)
@@ -162,13 +165,35 @@ def theory_families(run_dir, points: int = 400) -> dict:
     return out
 
 
-def width_agreement(d: int, N: int, T: int, seed: int, prompts: int = 2) -> dict:
-    """Figure 5b: the calculator against an ideal build of width d (toybigram.theory.width)."""
-    from toybigram.theory.width import one
+@torch.no_grad()
+def width_agreement(d: int, N: int, T: int, seed: int, prompts: int = 2, alpha: float = 12.0, lam: float = 10.0,
+                    beta: float = 8.0) -> dict:
+    """Figure 5b: the calculator against an ideal-memory build of width d (spec section 4, cross-talk).
 
-    row = one(d, N, T=T, prompts=prompts, seed=seed)
-    return {"d": d, "N": N, "T": T, "seed": seed, "r2_idealised": row["r2_idealised"], "r2_corrected": row["r2_corrected"],
-            "attn2_error_idealised": row["attn2_error_idealised"], "top1_idealised": row["top1_idealised"]}
+    The build (float64) stores alpha, lambda, beta and g = centred log pi_b (toybigram.theory.ideal);
+    prompts come from its trigger sampler. Two calculators: "idealised" (the strengths the build was
+    made with, exact previous-token table) and "read" (strengths read back from the weights, full variant).
+    """
+    from toybigram.data import TriggerSampler, dirichlet_chain, shakespeare_chain
+    from toybigram.model import ModelSpec
+    from toybigram.theory.calculator import Layer1, Strengths, attention_error, predict, prev_table
+    from toybigram.theory.ideal import ideal_model
+
+    chain = shakespeare_chain() if N == 65 else dirichlet_chain(N, 0.5, seed)
+    g = log_bigram(chain.transition)
+    model = ideal_model(ModelSpec(vocab_size=N, d_model=d, max_len=T, dtype="float64"), alpha=alpha, lam=lam, beta=beta, g=g, seed=seed)
+    tokens = TriggerSampler(chain, n_triggers=5, seed=seed + 1).sample(prompts, T).inputs
+    name = "blocks.1.attn.hook_pattern"
+    logits, cache = model.run_with_cache(tokens, names_filter=[name])
+    out = {"d": d, "N": N, "T": T, "seed": seed}
+    calculators = {"idealised": Strengths(layer1=Layer1(pos=prev_table(alpha, T)), key=lam, copy=beta, glob=g, vocab_size=N),
+                   "read": read_strengths(model, T, "full")}
+    for label, strengths in calculators.items():
+        p = predict(strengths, tokens)
+        fit = agreement(logits, p.logits)
+        out.update({f"r2_{label}": fit["r2_centered_logits"], f"top1_{label}": fit["top1_agreement"],
+                    f"attn2_error_{label}": attention_error(cache[name], p.a2)})
+    return out
 
 
 @torch.no_grad()

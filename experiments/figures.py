@@ -21,7 +21,7 @@ FIG1_METRICS = ["loss_global", "loss_first", "loss_incontext", "bayes_loss_globa
 PROBES = ["recall_copy", "recall_induction_key", "recall_prev_token"]  # W_O^2, W_K^2, W_K^1
 PROBE_MATRIX = {"recall_copy": "W_O2", "recall_induction_key": "W_K2", "recall_prev_token": "W_K1"}
 # Ideal builds of Figure 5b, per profile: widths, vocabulary, prompt length, seeds.
-WIDTHS = {"quick": dict(d=[64, 128, 256, 512], N=16, T=64, seeds=[0, 1, 2]),
+WIDTHS = {"quick": dict(d=[64, 128, 256, 512, 1024, 2048], N=16, T=64, seeds=[0, 1, 2]),
           "paper": dict(d=[256, 512, 1024, 2048, 4096], N=65, T=128, seeds=[0, 1, 2])}
 
 
@@ -132,7 +132,7 @@ def fig5_tables(c: dict[str, Collected], profile: str) -> dict[str, list[dict]]:
                 print(f"[fig5_width] missing: d={d},seed={s} (no {width_dir(profile)}/d{d}_s{s}.json)")
     return {"fig5_r2": summarise(r2, ["family"], ["r2", "top1"]),
             "fig5_scatter": scatter,
-            "fig5_width": summarise(width, ["d", "N", "T"], ["r2_idealised", "r2_corrected", "attn2_error_idealised", "top1_idealised"])}
+            "fig5_width": summarise(width, ["d", "N", "T"], ["r2_idealised", "r2_read", "top1_idealised", "top1_read", "attn2_error_idealised"])}
 
 
 def width_dir(profile: str) -> Path:

@@ -35,11 +35,12 @@ def main(argv=None):
     ax = axes[-1]
     d = [r["d"] for r in width]
     band(ax, d, width, "r2_idealised", label="idealised calculator", color="C0")
-    band(ax, d, width, "r2_corrected", label="with cross-talk (Gram) terms", color="C2")
-    band(ax, d, width, "top1_idealised", label="top-1 agreement (idealised)", color="C1", ls="--")
+    band(ax, d, width, "r2_read", label="strengths read from the weights", color="C2")
+    band(ax, d, width, "top1_idealised", label="top-1 agreement (idealised)", color="C0", ls="--")
+    band(ax, d, width, "top1_read", label="top-1 agreement (read)", color="C2", ls="--")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width d (ideal builds)")
-    ax.set_ylabel("centred-logit R^2")
+    ax.set_ylabel("centred-logit R^2 / top-1 agreement")
     N = width[0]["N"] if width else "?"
     ax.set_title(f"agreement vs d, N={N} ({seeds_note(width, 'r2_idealised')})", fontsize=8)
     ax.legend(fontsize=6)

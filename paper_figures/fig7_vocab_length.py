@@ -32,12 +32,15 @@ def main(argv=None):
         for r in rows:
             i, j = Ns.index(r["N"]), Ts.index(r["T"])
             mean, ci, n = r[f"{key}_mean"], r[f"{key}_ci"], r[f"{key}_n"]
+            seeds = r["acc_incontext_n"]
             text = "never" if not finite(mean) else (f"{mean:.0f}" if key == "formation_step" else f"{mean:.2f}")
             if finite(mean) and finite(ci):
                 text += f"\n+/-{ci:.0f}" if key == "formation_step" else f"\n+/-{ci:.2f}"
-            if key == "formation_step" and n < max(rr[f"{key}_n"] for rr in rows if rr["N"] == r["N"] or True):
-                text += f"\n({n} formed)"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if finite(mean) else "k")
+            if key == "formation_step" and n < seeds:
+                text += f"\n({n}/{seeds} formed)"
+            shade = im.cmap(im.norm(mean)) if finite(mean) else (1, 1, 1, 1)
+            dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if dark else "k")
         ax.set_xticks(range(len(Ts)))
         ax.set_xticklabels(Ts)
         ax.set_yticks(range(len(Ns)))

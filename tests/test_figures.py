@@ -36,7 +36,7 @@ def tables() -> dict[str, list[dict]]:
     fams = ("length", "hijack", "compete", "dilution")
     r2 = [{"family": f, **stat("r2", 0.7), **stat("top1", 0.8)} for f in fams]
     scatter = [{"family": f, "predicted": x / 10, "measured": x / 9, "r2_seed": 0.7} for f in fams for x in range(-5, 6)]
-    width = [{"d": d, "N": 8, "T": 16, **stat("r2_idealised", d / 100), **stat("r2_corrected", 1.0),
+    width = [{"d": d, "N": 8, "T": 16, **stat("r2_idealised", d / 100), **stat("r2_read", 0.9), **stat("top1_read", 0.8),
               **stat("attn2_error_idealised", 0.3), **stat("top1_idealised", 0.5)} for d in (16, 32, 64)]
     mats = [{"matrix": m, "row": i, "col": j, "value": float(i == j)} for m in ("lambda", "beta") for i in range(3) for j in range(3)]
     bigram = [{"i": i, "j": j, "g": i - j, "log_pi": i - j + 0.1} for i in range(3) for j in range(3)]

@@ -102,21 +102,31 @@ def test_k_larger_than_neuron_count(tiny_model_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_inputs_give_one_line_and_exit_2(tiny_model_dir, tmp_path):
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"not a model")
-    broken_gguf = tmp_path / "broken.gguf"
-    broken_gguf.write_bytes(b"GGUF" + b"\x00" * 64)
-    no_mlp = tmp_path / "gpt_like"
-    no_mlp.mkdir()
-    (no_mlp / "config.json").write_text("{}")
     cases = [
         (["lm=hf"], "lm.path"),
         (["lm=hf", f"lm.path={tmp_path / 'missing'}"], "does not exist"),
         (["lm=hf", f"lm.path={not_gguf}"], "is not a GGUF file"),
+        (["lm=hf", f"lm.path={tmp_path}"], "neither a GGUF file nor a Hugging Face model directory"),
         (["lm.kind=bogus"], "unknown model kind"),
         (["lm=toy"], "lm.path"),
         (["detector.repeats=1"], "detector.repeats"),
+        (["detector.min_after=10"], "detector.min_after"),
+        (["intervene.ks=[0,-5]"], "intervene.ks"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(UserError, match=expected):
+            precheck(compose("repetition", [*args, f"hydra.run.dir={tmp_path / 'run'}"], with_hydra=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    broken_gguf = tmp_path / "broken.gguf"
+    broken_gguf.write_bytes(b"GGUF" + b"\x00" * 64)
+    cases = [
+        (["lm=hf", f"lm.path={tmp_path / 'missing'}"], "does not exist"),
         (["lm=hf", f"lm.path={broken_gguf}", f"hydra.run.dir={tmp_path / 'r1'}"], "could not load GGUF file"),
     ]
     for args, expected in cases:

@@ -10,7 +10,7 @@ from toybigram.data import dirichlet_chain
 from toybigram.errors import ConfigError
 from toybigram.model import ModelSpec
 from toybigram.theory import calculator as C
-from toybigram.theory.gram import BLOCKS, gram_build, predict_gram
+from toybigram.theory.gram import BLOCKS, forward_selection, gram_build, predict_gram
 from toybigram.theory.ideal import ideal_model, log_bigram
 from toybigram.theory.prompts import compete, count_pairs, hijack
 from toybigram.theory.strengths import read_strengths
@@ -76,6 +76,39 @@ def test_ideal_agreement_improves_with_d_and_gram_correction_is_exact():
         assert torch.allclose(predict_gram(build, tokens, ()).logits, C.predict(ideal, tokens).logits, atol=1e-10)
         assert torch.allclose(predict_gram(build, tokens, BLOCKS).logits, logits, atol=1e-8)
     assert r2[1] > r2[0] + 0.3 and r2[1] > 0.7
+
+
+def test_reduced_gram_correction_improves_on_a_fresh_build():
+    """Blocks chosen on one small ideal build raise R^2 over the idealised calculator on another."""
+    chain = dirichlet_chain(N, 0.5, 0)
+    g = log_bigram(chain.transition)
+
+    def case(seed):
+        model = ideal_model(ModelSpec(vocab_size=N, d_model=64, max_len=24, dtype="float64"), alpha=12.0, lam=6.0, beta=5.0, g=g, seed=seed)
+        tokens = torch.randint(N, (4, 24), generator=torch.Generator().manual_seed(seed + 10))
+        return gram_build(model, 12.0, 6.0, 5.0, g), tokens, model(tokens)
+
+    steps = forward_selection(*case(0), target=0.95, max_blocks=3)
+    assert len(steps) >= 2 and all(b["r2"] > a["r2"] for a, b in zip(steps, steps[1:]))
+    build, tokens, logits = case(1)
+    r2 = lambda keep: C.agreement(logits, predict_gram(build, tokens, keep).logits)["r2_centered_logits"]  # noqa: E731
+    assert r2([s["block"] for s in steps[1:]]) > r2(()) + 0.05
+
+
+def test_exact_variant_equals_forward_pass_and_full_keeps_most():
+    """A trained-like model (random memories): every table = forward pass; full is close but not exact."""
+    model = ideal_model(ModelSpec(vocab_size=N, d_model=32, max_len=16, dtype="float64"), alpha=3.0, lam=2.0, beta=3.0,
+                        g=log_bigram(dirichlet_chain(N, 0.5, 0).transition))
+    with torch.no_grad():
+        for layer in model.blocks:  # perturb every trainable matrix off the ideal memories
+            for p in layer.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype) / p.shape[-1] ** 0.5)
+    tokens = torch.randint(N, (3, 16), generator=torch.Generator().manual_seed(4))
+    logits = model(tokens)
+    exact = C.predict(read_strengths(model, 16, "exact"), tokens)
+    assert torch.allclose(exact.logits, logits, atol=1e-8)
+    full = C.predict(read_strengths(model, 16, "full"), tokens)
+    assert C.agreement(logits, full.logits)["r2_centered_logits"] > 0.5
 
 
 @pytest.mark.parametrize("pos", ["ape", "rpe"])

@@ -18,8 +18,9 @@ Every time is the median of several repeats after warm-up, taken in this process
 - peak memory: the process's peak resident set (and CUDA peak allocation).
 
 ``--e2e STEPS`` also times ``train()`` end to end (evaluation, metrics rows and
-checkpoint included, theory off) into a temporary directory; with ``--instances S`` it
-trains S instances together and, for comparison, one. Times on a shared machine are
+checkpoint included, theory off) into a temporary directory: the whole call, the loop
+alone (first to last metrics row: steps plus evaluations) and CPU seconds (all
+threads); with ``--instances S`` it trains S instances together and, for comparison, one. Times on a shared machine are
 noisy: compare figures taken in the same sitting.
 """
 from __future__ import annotations
@@ -249,21 +250,28 @@ def _bench_end_to_end(cfg: DictConfig, steps: int, instances: int) -> dict:
 
     from toybigram.train import train
 
-    def run(count: int, directory: Path) -> float:
+    from toybigram.runio import read_jsonl
+
+    def run(count: int, directory: Path) -> tuple[float, float, float]:
+        """Wall seconds of train(), its CPU seconds, and the loop's seconds (first to last metrics row)."""
         c = OmegaConf.create(OmegaConf.to_container(cfg))
         c.train.steps, c.train.theory, c.train.ckpt_every, c.train.progress = steps, False, 0, "none"
         c.train.instances = count
-        tick = time.perf_counter()
+        tick, cpu = time.perf_counter(), time.process_time()
         train(c, directory)
-        return time.perf_counter() - tick
+        wall, cpu = time.perf_counter() - tick, time.process_time() - cpu
+        rows = read_jsonl((directory / "instance0" if count > 1 else directory) / "metrics.jsonl")
+        return wall, cpu, rows[-1]["elapsed_seconds"] - rows[0]["elapsed_seconds"]
 
     with tempfile.TemporaryDirectory(prefix="toybigram-bench-") as tmp:
-        single = run(1, Path(tmp) / "single")
-        out = {"steps": steps, "wall_seconds": single, "ms_per_step": 1e3 * single / steps}
+        wall, cpu, loop = run(1, Path(tmp) / "single")
+        out = {"steps": steps, "wall_seconds": wall, "ms_per_step": 1e3 * wall / steps,
+               "loop_ms_per_step": 1e3 * loop / steps, "cpu_ms_per_step": 1e3 * cpu / steps}
         if instances > 1:
-            together = run(instances, Path(tmp) / "together")
+            together, cpu, loop = run(instances, Path(tmp) / "together")
             out.update({"instances": instances, "together_wall_seconds": together,
-                        "together_ms_per_step": 1e3 * together / steps, "together_ratio_to_single": together / single})
+                        "together_ms_per_step": 1e3 * together / steps, "together_loop_ms_per_step": 1e3 * loop / steps,
+                        "together_ratio_to_single": together / wall})
     return out
 
 
@@ -305,7 +313,8 @@ def format_report(r: dict) -> str:
                      f"ms/step: {i['ratio_to_single']:.2f}x")
     if "e2e" in r:
         e = r["e2e"]
-        line = f"end to end {e['ms_per_step']:.1f} ms/step over {e['steps']} steps ({e['wall_seconds']:.1f} s)"
+        line = (f"end to end {e['ms_per_step']:.1f} ms/step over {e['steps']} steps ({e['wall_seconds']:.1f} s; "
+                f"loop alone {e['loop_ms_per_step']:.1f} ms/step; {e['cpu_ms_per_step']:.0f} CPU-ms/step)")
         if "instances" in e:
             line += (f"; {e['instances']} instances together {e['together_ms_per_step']:.1f} ms/step "
                      f"({e['together_wall_seconds']:.1f} s, {e['together_ratio_to_single']:.2f}x one)")

@@ -107,11 +107,10 @@ class Attention(nn.Module):
         init_key = frozen_gaussian(seed, f"init.W_K{layer}", (d, d), std) if spec.init == "random" else torch.zeros(d, d)
         self.W_K = nn.Parameter(init_key)
         self.register_buffer("W_V", frozen_gaussian(seed, f"W_V{layer}", (d, d), std))
-        W_O = frozen_gaussian(seed, f"W_O{layer}", (d, d), std)
         if trainable_output:
             self.W_O = nn.Parameter(frozen_gaussian(seed, f"init.W_O{layer}", (d, d), std) if spec.init == "random" else torch.zeros(d, d))
         else:
-            self.register_buffer("W_O", W_O)
+            self.register_buffer("W_O", frozen_gaussian(seed, f"W_O{layer}", (d, d), std))
         self.hook_attn_scores = HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()

@@ -172,9 +172,9 @@ class TriggerSampler:
                 "samplers", "sampling together needs one chain, device and trigger count",
             )
         draws = [s._draw(batch_size, seq_len) for s in samplers]
-        triggers, outputs, columns, uniforms, first = (
-            torch.cat(parts, dim=1 if parts[0].dim() == 2 and i in (2, 3) else 0) for i, parts in enumerate(zip(*draws))
-        )
+        triggers, outputs, columns, uniforms, first = zip(*draws)
+        triggers, outputs, first = torch.cat(triggers), torch.cat(outputs), torch.cat(first)
+        columns, uniforms = torch.cat(columns, dim=1), torch.cat(uniforms, dim=1)  # (T, B) each
         # All randomness is drawn; the walk itself is deterministic.
         walk = lead._walk_numpy if lead.device.type == "cpu" else lead._walk_torch
         tokens = walk(triggers, outputs, columns, uniforms, first).split(batch_size)
@@ -196,8 +196,9 @@ class TriggerSampler:
         accept = torch.cat([self._accept, self._accept.new_zeros(batch_size * k * n)])
         alias = torch.cat([self._alias, outputs.reshape(-1, 1).expand(-1, n).reshape(-1)])
         row_start = (row_of_state * n).view(-1)
-        if lib is np:  # int32 indices: half the memory traffic of the gathers
-            return row_start.numpy().astype(np.int32), accept.numpy(), alias.numpy().astype(np.int32)
+        if lib is np:  # int32 indices where they fit: half the memory traffic of the gathers
+            index = np.int32 if max(accept.numel(), row_start.numel()) < 2**31 else np.int64
+            return row_start.numpy().astype(index), accept.numpy(), alias.numpy().astype(index)
         return row_start, accept, alias
 
     def _walk_torch(self, triggers, outputs, columns, uniforms, first) -> torch.Tensor:
@@ -215,14 +216,15 @@ class TriggerSampler:
         return tokens.T.contiguous()
 
     def _walk_numpy(self, triggers, outputs, columns, uniforms, first) -> torch.Tensor:
-        """The same walk on CPU with numpy into preallocated buffers (~20x less overhead per step)."""
+        """The same walk on CPU: numpy calls into preallocated buffers cost far less per step than torch ops."""
         n, (seq_len, batch_size) = self.vocab_size, columns.shape
         row_start, accept, alias = self._tables(triggers, outputs, np)
-        columns, uniforms = columns.numpy().astype(np.int32), uniforms.numpy()
-        tokens = np.empty((seq_len + 1, batch_size), dtype=np.int32)
+        int_type = row_start.dtype
+        columns, uniforms = columns.numpy().astype(int_type), uniforms.numpy()
+        tokens = np.empty((seq_len + 1, batch_size), dtype=int_type)
         tokens[0] = first.numpy()
-        sequence_offset = np.arange(batch_size, dtype=np.int32) * n
-        index, cell = np.empty(batch_size, np.int32), np.empty(batch_size, np.int32)
+        sequence_offset = np.arange(batch_size, dtype=int_type) * n
+        index, cell = np.empty(batch_size, int_type), np.empty(batch_size, int_type)
         threshold, keep = np.empty(batch_size, np.float32), np.empty(batch_size, bool)
         for t in range(seq_len):
             np.add(sequence_offset, tokens[t], out=index)

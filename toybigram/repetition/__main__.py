@@ -351,6 +351,8 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict:
             "threshold": heads["threshold"],
             "induction_heads_per_layer": heads["induction_heads_per_layer"],
             "self_finding_heads_per_layer": heads["self_finding_heads_per_layer"],
+            "best_induction_score_per_layer": np.max(heads["induction_mean"], axis=1),
+            "best_self_finding_score_per_layer": np.max(heads["self_finding_mean"], axis=1),
         },
         "interventions": tables,
         "perplexity": {"source": ppl_source, "tokens": ppl_tokens, "table": ppl_table},

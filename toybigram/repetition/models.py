@@ -303,7 +303,10 @@ class ToySubject(Subject):
             supports_padding=False,
         )
         subject.site_names = [n for _, n in names]
-        subject.probe_sizes()
+        try:
+            subject.probe_sizes()
+        except UserError:
+            raise UserError(f"{name}: the toy model's feed-forward block is not a ReLU; train it with model.ffn=relu") from None
         return subject
 
     @contextmanager

@@ -38,7 +38,12 @@ def layers_figure(run_dir: Path) -> str:
     bx.plot(layers, heads["self_finding_heads_per_layer"], "s-", label="self-finding heads")
     bx.set_xlabel("layer")
     bx.set_ylabel(f"heads (mean attention >= {heads['threshold']})")
-    bx.legend()
+    bx.legend(loc="upper left", fontsize=8)
+    cx = bx.twinx()  # the strongest head per layer, whether or not it passes the threshold
+    cx.plot(layers, [max(row) for row in heads["induction_mean"]], ":", color="C0", alpha=0.6)
+    cx.plot(layers, [max(row) for row in heads["self_finding_mean"]], ":", color="C1", alpha=0.6)
+    cx.set_ylim(0, 1)
+    cx.set_ylabel("best head's mean attention (dotted)")
     plt.close(fig)
     return _save(fig, run_dir / "fig_layers_heads.png")
 

@@ -14,11 +14,20 @@ Ignoring cross-talk, at every query position t of a prompt z (0-indexed here):
 Lambda, B are (N, N) in the embedding basis; scalars and per-token vectors stand for
 diagonal matrices (the spec's lambda_q, beta_j). Everything is batched over prompts
 (B, T) and all query positions at once.
+
+Further paths (the ``full`` read of a trained model, strengths.py): the residual stream at s
+is a sum of four feature families with coefficients known from the prompt and a1,
+
+    E: onehot(z_s) (N)   P: position s (T)   PhiE: M(s,.) (N)   PhiP: a1(s,.) (T)
+
+so an extra layer-2 score path (f, f') adds coef_f(t) K_ff' coef_f'(s)^T to kappa, an extra
+copied family f adds sum_s a2(t,s) coef_f(s) C_f to IC, and a direct family f adds
+coef_f(t) D_f to G; K, C, D are tables in the token/position basis.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -59,8 +68,10 @@ class Strengths:
     key:  lambda; scalar, (N,) per query token, or (N,N) [query token, previous token].
     copy: beta; scalar, (N,) per attended token, or (N,N) [output j, attended k].
     glob: g (N,N), g[i, j] = g(j | i); None = no global term.
-    pos_logit: optional (T,N) logit read of the position p_t at the query (full read).
-    prev_logit: optional (N,N) [k, j] logit read of the previous-token content Phi_1 w_E(k) (full read).
+    scores: further layer-2 score tables {(query family, key family): K}, families in FEATURES.
+    copies: further copied families {f: C (n_f, N)}: logits written by layer 2 copying family f.
+    directs: further direct families {f: D (n_f, N)}: logits read from the query's own family f.
+    (Positional tables have one row per position up to the longest prompt they cover.)
     """
 
     layer1: Layer1
@@ -68,8 +79,9 @@ class Strengths:
     copy: float | torch.Tensor
     glob: torch.Tensor | None
     vocab_size: int
-    pos_logit: torch.Tensor | None = None
-    prev_logit: torch.Tensor | None = None
+    scores: dict = field(default_factory=dict)
+    copies: dict = field(default_factory=dict)
+    directs: dict = field(default_factory=dict)
 
     def to(self, dtype=torch.float64, device="cpu") -> "Strengths":
         def cast(v):
@@ -78,7 +90,8 @@ class Strengths:
         layer1 = Layer1(**{k: cast(getattr(self.layer1, k)) for k in ("pos", "tok_pos", "pos_tok", "tok_tok", "tok_dist", "pair_dist")},
                         exact=self.layer1.exact)
         return replace(self, layer1=layer1, key=cast(self.key), copy=cast(self.copy), glob=cast(self.glob),
-                       pos_logit=cast(self.pos_logit), prev_logit=cast(self.prev_logit))
+                       scores={k: cast(v) for k, v in self.scores.items()}, copies={k: cast(v) for k, v in self.copies.items()},
+                       directs={k: cast(v) for k, v in self.directs.items()})
 
 
 @dataclass
@@ -106,6 +119,22 @@ def prev_table(alpha, T: int, dtype=torch.float64) -> torch.Tensor:
     """The ideal positional score table: alpha_t at (t, t-1), zero elsewhere; alpha scalar or (T,)."""
     alpha = torch.as_tensor(alpha, dtype=dtype).expand(T) if torch.as_tensor(alpha).ndim == 0 else torch.as_tensor(alpha, dtype=dtype)[:T]
     return torch.diag(alpha[1:], diagonal=-1)
+
+
+FEATURES = ("E", "P", "PhiE", "PhiP")  # token, position, previous-token content, previous-position content
+
+
+def features(tokens: torch.Tensor, a1: torch.Tensor, n: int, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """Coefficients (B,T,n_f) of the residual stream h_s on each feature family (module docstring)."""
+    B, T = tokens.shape
+    onehot = torch.nn.functional.one_hot(tokens, n).to(dtype)
+    return {"E": onehot, "P": torch.eye(T, dtype=dtype, device=tokens.device).expand(B, T, T),
+            "PhiE": a1 @ onehot, "PhiP": a1}
+
+
+def _rows(table: torch.Tensor, n_rows: int, n_cols: int | None = None) -> torch.Tensor:
+    """A table cut to the prompt's sizes (positional tables cover longer prompts)."""
+    return table[:n_rows] if n_cols is None else table[:n_rows, :n_cols]
 
 
 def causal_softmax(scores: torch.Tensor) -> torch.Tensor:
@@ -161,25 +190,26 @@ def predict(strengths: Strengths, tokens: torch.Tensor, a1: torch.Tensor | None 
     predicts layer 2 and the logits for the last query position only (a2 (B,1,T), logits (B,1,N)).
     """
     n = strengths.vocab_size
-    onehot = torch.nn.functional.one_hot(tokens, n).to(dtype)
     if a1 is None:
         a1 = layer1_attention(strengths.layer1, tokens, dtype)
-    M = a1 @ onehot                                                  # (B,T,N)
+    feats = features(tokens, a1, n, dtype)
+    M = feats["PhiE"]                                                # (B,T,N)
     Lam = as_matrix(strengths.key, n, dtype, tokens.device)
     T = tokens.shape[1]
     query = slice(T - 1, T) if last_only else slice(0, T)
     kappa = Lam[tokens[:, query]] @ M.transpose(-1, -2)              # (B,T,T), or (B,1,T)
+    for (fq, fk), K in strengths.scores.items():
+        q, k = feats[fq][:, query], feats[fk]
+        kappa = kappa + q @ _rows(K, q.shape[-1], k.shape[-1]) @ k.transpose(-1, -2)
     a2 = causal_softmax(kappa) if not last_only else torch.softmax(kappa, -1)
     Bmat = as_matrix(strengths.copy, n, dtype, tokens.device)
-    incontext = a2 @ Bmat.T[tokens]                                  # (B,T,N): sum_s a2 B[j, z_s]
-    if strengths.glob is not None:
-        glob = strengths.glob[tokens[:, query]]
-    else:
-        glob = torch.zeros_like(incontext)
-    if strengths.pos_logit is not None:
-        glob = glob + strengths.pos_logit[:T][query]
-    if strengths.prev_logit is not None:
-        glob = glob + M[:, query] @ strengths.prev_logit
+    written = Bmat.T[tokens]                                         # (B,T,N): B[j, z_s]
+    for f, C in strengths.copies.items():
+        written = written + feats[f] @ _rows(C, feats[f].shape[-1])
+    incontext = a2 @ written                                         # sum_s a2(t,s) written(s)
+    glob = strengths.glob[tokens[:, query]] if strengths.glob is not None else torch.zeros_like(incontext)
+    for f, D in strengths.directs.items():
+        glob = glob + feats[f][:, query] @ _rows(D, feats[f].shape[-1])
     return Prediction(a1, a2, glob, incontext, glob + incontext)
 
 

@@ -8,7 +8,6 @@ last position for the designed families.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -66,6 +65,45 @@ def _hijack_pairs(model, strengths, triggers: list[int], n_outputs: int) -> list
     return out
 
 
+def hijack_study(model, strengths, pairs, *, chain, counts, T, n_fill, gen, diag) -> dict:
+    """hijack(q, o, c, T) for each (q, o, b*) and count c: agreement, and the crossing counts c* of the
+    margin logit_o - logit_b* (mean over fillers) for model, calculator and closed form (diagonal)."""
+    rows, parts, table = [], [], []
+    for q, o, b in pairs:
+        prompts = torch.cat([hijack(chain, q, o, int(c), T, n_fill, gen) for c in counts])
+        m, a1m, a2m, p = run_both(model, strengths, prompts, last_only=True)
+        m, th = m[:, -1], p.logits[:, -1]
+        parts.append((m, th))
+        margin_m = (m[:, o] - m[:, b]).view(len(counts), n_fill).mean(1)
+        margin_t = (th[:, o] - th[:, b]).view(len(counts), n_fill).mean(1)
+        f_o = ((prompts == o).sum(1) - counts.repeat_interleave(n_fill)).double().mean()
+        f_b = (prompts == b).sum(1).double().mean()
+        gap = strengths.glob[q, b] - strengths.glob[q, o]
+        closed = hijack_threshold(T, diag.key[q], diag.copy[o], diag.copy[b], diag.glob[q, b] - diag.glob[q, o], f_o, f_b)
+        symbol = (lambda k: chain.alphabet[k]) if chain.alphabet else (lambda k: None)
+        top_m = m.argmax(-1).view(len(counts), n_fill)
+        table.append({"q": q, "o": o, "b_star": b, "q_symbol": symbol(q), "o_symbol": symbol(o), "b_star_symbol": symbol(b),
+                      "global_gap": gap.item(),
+                      "c_star_measured": first_crossing(counts, margin_m).item(),
+                      "c_star_predicted": first_crossing(counts, margin_t).item(),
+                      "c_star_closed_form": closed.item(),
+                      "margin_model": margin_m, "margin_theory": margin_t,
+                      "model_top1_is_o": (top_m == o).double().mean(1), "model_top1_is_b_star": (top_m == b).double().mean(1),
+                      "top1_agreement": (m.argmax(-1) == th.argmax(-1)).double().mean().item()})
+        rows.append({"attn1_agreement": 1 - attention_error(a1m[:, -1], p.a1[:, -1]),
+                     "attn2_agreement": 1 - attention_error(a2m[:, -1], p.a2[:, -1])})
+    # both infinite (no count in the sweep flips the top-1) counts as agreement
+    within = [r["c_star_measured"] == r["c_star_predicted"] or abs(r["c_star_measured"] - r["c_star_predicted"]) <= 1
+              for r in table]
+    return {**_pool(parts), "T": T, "counts": counts, "fillers_per_count": n_fill,
+            "attn1_agreement": sum(r["attn1_agreement"] for r in rows) / len(rows),
+            "attn2_agreement": sum(r["attn2_agreement"] for r in rows) / len(rows),
+            "threshold_within_one": sum(within) / max(1, len(within)),
+            "model_top1_is_b_star": sum(r["model_top1_is_b_star"].mean().item() for r in table) / len(table),
+            "model_top1_is_o": sum(r["model_top1_is_o"].mean().item() for r in table) / len(table),
+            "pairs": table, "parts": parts}
+
+
 def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "full", seed: int = 0,
             families=FAMILIES, plots: bool = True) -> dict:
     """Run the prompt families through model and calculator; write plots and theory.json (last)."""
@@ -104,38 +142,15 @@ def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "fu
 
     if "hijack" in families:
         counts = torch.arange(0, (6 if quick else 12) + 1)
-        rows, parts, table = [], [], []
-        for q, o, b in pairs:
-            prompts = torch.cat([hijack(chain, q, o, int(c), T, n_fill, gen) for c in counts])
-            m, a1m, a2m, p = run_both(model, strengths, prompts, last_only=True)
-            m, th = m[:, -1], p.logits[:, -1]
-            parts.append((m, th))
-            margin_m = (m[:, o] - m[:, b]).view(len(counts), n_fill).mean(1)
-            margin_t = (th[:, o] - th[:, b]).view(len(counts), n_fill).mean(1)
-            f_o = ((prompts == o).sum(1) - counts.repeat_interleave(n_fill)).double().mean()
-            f_b = (prompts == b).sum(1).double().mean()
-            gap = diag.glob[q, b] - diag.glob[q, o]
-            closed = hijack_threshold(T, diag.key[q], diag.copy[o], diag.copy[b], gap, f_o, f_b)
-            table.append({"q": q, "o": o, "b_star": b,
-                          "q_symbol": chain.alphabet[q] if chain.alphabet else None,
-                          "o_symbol": chain.alphabet[o] if chain.alphabet else None,
-                          "b_star_symbol": chain.alphabet[b] if chain.alphabet else None,
-                          "c_star_measured": first_crossing(counts, margin_m).item(),
-                          "c_star_predicted": first_crossing(counts, margin_t).item(),
-                          "c_star_closed_form": closed.item(),
-                          "margin_model": margin_m, "margin_theory": margin_t,
-                          "top1_agreement": (m.argmax(-1) == th.argmax(-1)).double().mean().item()})
-            rows.append({"attn1_agreement": 1 - attention_error(a1m[:, -1], p.a1[:, -1]),
-                         "attn2_agreement": 1 - attention_error(a2m[:, -1], p.a2[:, -1])})
-        diffs = [abs(r["c_star_measured"] - r["c_star_predicted"]) for r in table]
-        within = [d <= 1 for d in diffs if not math.isnan(d)]
-        results["hijack"] = {**_pool(parts), "T": T, "counts": counts, "fillers_per_count": n_fill,
-                             "attn1_agreement": sum(r["attn1_agreement"] for r in rows) / len(rows),
-                             "attn2_agreement": sum(r["attn2_agreement"] for r in rows) / len(rows),
-                             "threshold_within_one": sum(within) / max(1, len(within)),
-                             "b_star_source": f"argmax_j of g(j|q) read from the weights ({variant} variant)",
-                             "pairs": table}
-        pooled.extend(parts)
+        study = dict(chain=chain, counts=counts, T=T, n_fill=n_fill, gen=gen, diag=diag)
+        results["hijack"] = {**hijack_study(model, strengths, pairs, **study),
+                             "b_star_source": f"argmax_j of g(j|q) read from the weights ({variant} variant)"}
+        pooled.extend(results["hijack"].pop("parts"))
+        if cfg.data.triggers == "fixed":  # queries without a trained induction key: the global term should win
+            others = [q for q in torch.tensor(chain.unigram).argsort(descending=True).tolist() if q not in triggers][:len(triggers)]
+            nontrig = hijack_study(model, strengths, _hijack_pairs(model, strengths, others, 3 if quick else 8), **study)
+            nontrig.pop("parts")
+            results["hijack"]["non_trigger"] = nontrig
 
     if "compete" in families:
         parts, wins = [], []
@@ -167,6 +182,10 @@ def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "fu
         headline.update({"hijack_top1_agreement": results["hijack"]["top1_agreement"],
                          "hijack_r2_centered_logits": results["hijack"]["r2_centered_logits"],
                          "hijack_threshold_within_one": results["hijack"]["threshold_within_one"]})
+        if "non_trigger" in results["hijack"]:
+            nt = results["hijack"]["non_trigger"]
+            headline.update({"hijack_non_trigger_top1_agreement": nt["top1_agreement"],
+                             "hijack_non_trigger_model_top1_is_b_star": nt["model_top1_is_b_star"]})
     out = {
         **headline,
         "overall": overall,
@@ -240,7 +259,12 @@ def analyze_run(run_dir, model=None, cfg=None, *, quick: bool = True, variant: s
     run_dir = Path(run_dir)
     if model is None or cfg is None:
         model, cfg = load_run(run_dir)
-    out = analyze(model, cfg, run_dir, quick=quick, variant=variant, seed=seed, families=families, plots=plots)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tables: one thread is ~4x faster than two on a shared 2-core machine
+    try:
+        out = analyze(model, cfg, run_dir, quick=quick, variant=variant, seed=seed, families=families, plots=plots)
+    finally:
+        torch.set_num_threads(threads)
     keys = ("top1_agreement", "r2_centered_logits", "hijack_top1_agreement", "hijack_r2_centered_logits",
             "hijack_threshold_within_one", "wall_seconds")
     return {k: out[k] for k in keys if k in out}

@@ -16,9 +16,11 @@ forms a d-dimensional vector: after the Gram matrices (cost N d (N + T)) everyth
 N x N, N x T and T x T tables, whatever d is.
 
 ``keep`` names the Gram blocks taken from the frozen matrices (the rest stay ideal), so the
-same function gives the idealised calculator (keep=()), any ablation, and the full
-correction (keep=BLOCKS). For the ideal build with all blocks kept the correction is
-exact up to rounding; the width study reports which blocks carry the error.
+same function gives the idealised calculator (keep=()), any reduced correction, and the
+full one (keep=BLOCKS). With all blocks kept it is exact for ideal builds up to rounding:
+an identity that checks the algebra, not a theory. The theory is a reduced correction:
+the few blocks chosen by ``forward_selection`` on one build and prompt set, then applied
+unchanged to fresh builds (width.py); BLOCK_MEANING says what each block is.
 """
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ READS = ("E", "PhiE", "V", "U")          # query/token read, key read, value rea
 FEATURES = ("E", "P", "PhiE", "PhiP")    # residual feature families
 MATCHED = {("E", "E"), ("PhiE", "PhiE"), ("V", "E"), ("U", "U")}
 BLOCKS = tuple((r, f) for r in READS for f in FEATURES) + (("E", "U"), ("U", "U"), ("P", "E"), ("P", "P"))
+
+_READ = {"E": "query/token read w_E", "PhiE": "induction-key read Phi_1 w_E", "V": "layer-2 value read",
+         "U": "logit read w_U", "P": "layer-1 position read p"}
+_FEATURE = {"E": "token w_E(z_s)", "P": "position p_s", "PhiE": "previous-token content Phi_1 w_E",
+            "PhiP": "previous-position content Phi_1 p", "U": "attention output / FFN output along w_U"}
+BLOCK_MEANING = {f"{r},{f}": f"{_READ[r]} of the {_FEATURE[f]}" for r, f in BLOCKS}
+BLOCK_MEANING["E,U"] = "feed-forward block (reads w_E) reading the copied token's unembedding w_U: W_F beta w_U(o)"
+BLOCK_MEANING["U,U"] = "logit read w_U of a write along w_U (non-unit norms, overlaps of unembeddings)"
 
 
 @dataclass
@@ -111,3 +121,29 @@ def predict_gram(build: GramBuild, tokens: torch.Tensor, keep=BLOCKS) -> Predict
     direct = read("U") + copied @ uu.T                                # U^T y
     glob = (token_read @ build.g) @ uu.T if build.ffn != "none" else torch.zeros_like(direct)
     return Prediction(a1, a2, glob, direct, glob + direct)
+
+
+def block_name(block) -> str:
+    return ",".join(block)
+
+
+def forward_selection(build: GramBuild, tokens: torch.Tensor, logits: torch.Tensor, target: float = 0.95,
+                      candidates=BLOCKS, max_blocks: int = len(BLOCKS)) -> list[dict]:
+    """Greedy forward selection of Gram blocks: each step adds the block raising the centred-logit
+    R^2 (against ``logits``) most; stops at ``target``, after ``max_blocks``, or when nothing helps.
+    Returns the steps [{"block", "r2"}], step 0 being the idealised calculator (no block)."""
+    from toybigram.theory.calculator import agreement
+
+    def r2(keep) -> float:
+        return agreement(logits, predict_gram(build, tokens, keep).logits)["r2_centered_logits"]
+
+    keep: list = []
+    steps = [{"block": None, "r2": r2(keep)}]
+    while steps[-1]["r2"] < target and len(keep) < max_blocks:
+        trials = {b: r2(keep + [b]) for b in candidates if b not in keep}
+        best = max(trials, key=trials.get) if trials else None
+        if best is None or trials[best] <= steps[-1]["r2"]:
+            break
+        keep.append(best)
+        steps.append({"block": best, "r2": trials[best]})
+    return steps
