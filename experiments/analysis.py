@@ -16,7 +16,7 @@ from toybigram.theory.calculator import agreement, centred, hijack_threshold
 from toybigram.theory.compare import _hijack_pairs, run_both
 from toybigram.theory.ideal import log_bigram
 from toybigram.theory.prompts import compete, dilution, hijack, length_prompts
-from toybigram.theory.strengths import read_alpha, read_strengths, relative_diagonal
+from toybigram.theory.strengths import read_alpha, read_strengths
 
 PROMPT_SEED = 1234
 
@@ -73,7 +73,8 @@ def length_generalisation(run_dir, ratios=(0.5, 1, 2, 4, 8), batch: int = 32) ->
 def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outputs: int = 2, fillers: int = 8) -> dict:
     """Figure 4: over (c, T), the share of hijack prompts where the in-context token o beats the
     global favourite b* at the last position, for the model and the calculator (full strengths),
-    and the closed-form threshold c*(T) (calculator.hijack_threshold, median over (q, o) pairs)."""
+    and the closed-form threshold c*(T) (calculator.hijack_threshold on the diagonal strengths,
+    median over (q, o) pairs)."""
     model, cfg = load_run(run_dir)
     chain = make_chain(cfg.data)
     T0 = int(cfg.data.seq_len)
@@ -81,9 +82,6 @@ def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outp
     strengths = read_strengths(model, max(lengths), "full")
     diag = read_strengths(model, T0, "diagonal")
     pairs = _hijack_pairs(model, strengths, _triggers(cfg, chain), n_outputs)
-    # Closed form: lambda_q from the diagonal read; beta and the gap through the full logit readout
-    # (I + W_F): the diagonal read leaves out the feed-forward path, which carries most of the copy.
-    beta = relative_diagonal(strengths.copy, 0)
     gen = torch.Generator().manual_seed(PROMPT_SEED)
     cells, thresholds = [], []
     for L in lengths:
@@ -103,8 +101,8 @@ def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outp
             counts_t = torch.tensor(cs).repeat_interleave(fillers)
             f_o = ((prompts == o).sum(1) - counts_t).double().mean()
             f_b = (prompts == b).sum(1).double().mean()
-            gap = strengths.glob[q, b] - strengths.glob[q, o]
-            closed.append(hijack_threshold(L, diag.key[q], beta[o], beta[b], gap, f_o, f_b).item())
+            gap = diag.glob[q, b] - diag.glob[q, o]
+            closed.append(hijack_threshold(L, diag.key[q], diag.copy[o], diag.copy[b], gap, f_o, f_b).item())
         for c in cs:
             cells.append({"T": L, "c": c, "share_model": sum(wins_m[c]) / len(pairs), "share_theory": sum(wins_t[c]) / len(pairs)})
         finite = sorted(closed)

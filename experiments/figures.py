@@ -132,7 +132,7 @@ def fig5_tables(c: dict[str, Collected], profile: str) -> dict[str, list[dict]]:
                 print(f"[fig5_width] missing: d={d},seed={s} (no {width_dir(profile)}/d{d}_s{s}.json)")
     return {"fig5_r2": summarise(r2, ["family"], ["r2", "top1"]),
             "fig5_scatter": scatter,
-            "fig5_width": summarise(width, ["d", "N", "T"], ["r2_idealised", "r2_read", "top1_idealised", "top1_read", "attn2_error_idealised"])}
+            "fig5_width": summarise(sorted(width, key=lambda r: (r["d"], r["seed"])), ["d", "N", "T"], ["r2_idealised", "r2_read", "top1_idealised", "top1_read", "attn2_error_idealised"])}
 
 
 def width_dir(profile: str) -> Path:

@@ -26,7 +26,7 @@ def _probes(ax, rows, title, releases=None):
     for key, step in (releases or {}).items():
         if step > 0:
             ax.axvline(step, color="0.35", ls="--", lw=0.9)
-            ax.text(step, 0.97, f" {names[key]} released", fontsize=7, color="0.25", va="top")
+            ax.text(step, 0.45, f"{names[key]} released ", fontsize=7, color="0.25", rotation=90, ha="right", va="center")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("step")
     ax.set_ylabel("recall")
@@ -57,7 +57,7 @@ def main(argv=None):
     releases = {p: rise[p]["release_step_mean"] for p, _ in PROBES if p in rise and finite(rise[p]["release_step_mean"])}
     order_text = " < ".join(f"{r['matrix']} @{r['rise_step_mean']:.0f}" for r in sorted(
         (r for r in order if r["variant"] == "free" and finite(r["rise_step_mean"])), key=lambda r: r["rise_step_mean"]))
-    _probes(axes[1, 0], frozen, "(c) freeze_until variant\nfree run, step at half of final recall: " + order_text)
+    _probes(axes[1, 0], frozen, "(c) freeze_until variant\nfree run, step at half of final recall: " + order_text, releases)
 
     ax = axes[1, 1]
     for variant, data, ls in (("free", free, "-"), ("freeze", frozen, "--")):

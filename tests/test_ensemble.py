@@ -73,3 +73,16 @@ def test_cli_bad_instances_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and "train.instances" in err[0]
     assert not run_dir.exists()
+
+
+def test_cli_trains_instances_into_subdirectories(monkeypatch, capsys, tmp_path):
+    from toybigram.cli import run_app
+    from toybigram.train import main_task, precheck
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["toybigram.train", *TINY, "train.steps=5", "train.instances=2", f"hydra.run.dir={run_dir}"])
+    run_app(main_task, "train", precheck)
+    assert "2 instances" in capsys.readouterr().out
+    for i in range(2):
+        assert (run_dir / f"instance{i}" / "summary.json").is_file() and (run_dir / f"instance{i}" / "metrics.jsonl").is_file()
+    assert (run_dir / "ensemble.json").is_file()

@@ -1,6 +1,11 @@
 """Experiments: configs compose, the aggregator on a fixture of run directories, the submitit_local sweep."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/ and paper_figures/ live at the root
+
 import glob
 import json
 import math
@@ -164,3 +169,14 @@ def test_submitit_local_sweep_runs_two_jobs(tmp_path):
     got = collect(sweep, {"seed": ["0", "1"]}, "submitit")
     assert sorted(r.name for r in got.runs) == ["seed=0", "seed=1"] and not got.problems
     assert all(r.summary["steps"] == 5 for r in got.runs)
+
+
+@pytest.mark.parametrize("preset, gpus", [("slurm_cpu", 0), ("slurm_gpu", 1)])
+def test_slurm_presets_compose(preset, gpus):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import toybigram.config  # noqa: F401
+    from toybigram.cli import compose
+
+    cfg = compose("train", ["+experiment=fig1_dynamics", f"hydra/launcher={preset}"], with_hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == gpus and cfg.hydra.launcher.timeout_min > 0

@@ -1,6 +1,11 @@
 """Each figure script on a tiny fixture table: it reads only the tables and writes PNG and PDF."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/ and paper_figures/ live at the root
+
 import importlib.util
 import math
 from pathlib import Path

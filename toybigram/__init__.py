@@ -12,7 +12,7 @@ import os
 # set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from toybigram.data import BigramChain  # noqa: E402, TriggerSampler, dirichlet_chain, shakespeare_chain, text_chain
+from toybigram.data import BigramChain, TriggerSampler, dirichlet_chain, shakespeare_chain, text_chain  # noqa: E402
 from toybigram.model import AssociativeTransformer, ModelSpec  # noqa: E402
 
 __version__ = "0.1.0"

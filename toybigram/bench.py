@@ -220,7 +220,7 @@ def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: i
     def step() -> None:
         batches = TriggerSampler.sample_together([r.sampler for r in runs], B, T)
         logits = stacked(torch.stack([b.inputs for b in batches]))
-        losses = torch.stack([training_loss(logits[i], b, cfg.train.loss) for i, b in enumerate(batches)])
+        losses = torch.stack([training_loss(lg, b, cfg.train.loss) for lg, b in zip(logits.unbind(0), batches)])
         for r in runs:
             r.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -271,6 +271,7 @@ def _bench_end_to_end(cfg: DictConfig, steps: int, instances: int) -> dict:
             together, cpu, loop = run(instances, Path(tmp) / "together")
             out.update({"instances": instances, "together_wall_seconds": together,
                         "together_ms_per_step": 1e3 * together / steps, "together_loop_ms_per_step": 1e3 * loop / steps,
+                        "together_cpu_ms_per_step": 1e3 * cpu / steps, "together_cpu_ratio_to_single": cpu / out["cpu_ms_per_step"] / steps * 1e3,
                         "together_ratio_to_single": together / wall})
     return out
 
@@ -317,7 +318,8 @@ def format_report(r: dict) -> str:
                 f"loop alone {e['loop_ms_per_step']:.1f} ms/step; {e['cpu_ms_per_step']:.0f} CPU-ms/step)")
         if "instances" in e:
             line += (f"; {e['instances']} instances together {e['together_ms_per_step']:.1f} ms/step "
-                     f"({e['together_wall_seconds']:.1f} s, {e['together_ratio_to_single']:.2f}x one)")
+                     f"({e['together_wall_seconds']:.1f} s, {e['together_ratio_to_single']:.2f}x one; "
+                     f"{e['together_cpu_ms_per_step']:.0f} CPU-ms/step, {e['together_cpu_ratio_to_single']:.2f}x one)")
         lines.append(line)
     return "\n".join(lines)
 

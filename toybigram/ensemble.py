@@ -49,9 +49,10 @@ def instance_configs(cfg: DictConfig) -> list[DictConfig]:
     seeds = list(train.instance_seeds) if train.instance_seeds is not None else [cfg.seed + i for i in range(count)]
     data = list(train.instance_data_seeds) if train.instance_data_seeds is not None else [cfg.data_seed + i for i in range(count)]
     lrs = list(train.instance_lrs) if train.instance_lrs is not None else [cfg.optim.lr] * count
+    base = as_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))  # hydra's node may not resolve
     configs = []
     for seed, data_seed, lr in zip(seeds, data, lrs):
-        single = OmegaConf.create(as_container(cfg))
+        single = OmegaConf.create(base)
         single.seed, single.data_seed, single.optim.lr = int(seed), int(data_seed), float(lr)
         single.train.instances = 1
         single.train.instance_seeds = single.train.instance_data_seeds = single.train.instance_lrs = None
@@ -139,7 +140,8 @@ def train_ensemble(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
                 for group in run.optimizer.param_groups:
                     group["lr"] = learning_rate(single.optim, step, train_cfg.steps)
             logits = stacked(torch.stack([batch.inputs for batch in batches]))
-            losses = [training_loss(logits[i], batch, train_cfg.loss) for i, batch in enumerate(batches)]
+            # unbind, not logits[i]: each index's backward would fill a zero tensor of all S instances' logits
+            losses = [training_loss(lg, batch, train_cfg.loss) for lg, batch in zip(logits.unbind(0), batches)]
             for run in runs:
                 run.optimizer.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()  # instance i's loss reaches only instance i's parameters
