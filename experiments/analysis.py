@@ -13,7 +13,7 @@ from toybigram.build import make_chain, make_sampler
 from toybigram.checkpoint import load_run
 from toybigram.probes import bigram_memory, copy_memory, induction_key_memory, previous_token_scores
 from toybigram.theory.calculator import agreement, centred, hijack_threshold
-from toybigram.theory.compare import _hijack_pairs, run_both
+from toybigram.theory.compare import hijack_pairs, run_both
 from toybigram.theory.ideal import log_bigram
 from toybigram.theory.prompts import compete, dilution, hijack, length_prompts
 from toybigram.theory.strengths import read_alpha, read_strengths
@@ -81,7 +81,7 @@ def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outp
     lengths = sorted({max(8, int(round(r * T0))) for r in ratios})
     strengths = read_strengths(model, max(lengths), "full")
     diag = read_strengths(model, T0, "diagonal")
-    pairs = _hijack_pairs(model, strengths, _triggers(cfg, chain), n_outputs)
+    pairs = hijack_pairs(model, strengths, _triggers(cfg, chain), n_outputs)
     gen = torch.Generator().manual_seed(PROMPT_SEED)
     cells, thresholds = [], []
     for L in lengths:
@@ -130,7 +130,7 @@ def theory_families(run_dir, points: int = 400) -> dict:
     strengths = read_strengths(model, T, "full")
     sampler = make_sampler(cfg.data, chain, torch.device("cpu"), PROMPT_SEED)
     gen = torch.Generator().manual_seed(PROMPT_SEED)
-    pairs = _hijack_pairs(model, strengths, _triggers(cfg, chain), 2)
+    pairs = hijack_pairs(model, strengths, _triggers(cfg, chain), 2)
     fam: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"length": [], "hijack": [], "compete": [], "dilution": []}
     batch = length_prompts(sampler, T, 8)
     m, _, _, p = run_both(model, strengths, batch.inputs)

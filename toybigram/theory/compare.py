@@ -52,7 +52,7 @@ def _pool(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     return agreement(torch.cat([m for m, _ in parts]), torch.cat([t for _, t in parts]))
 
 
-def _hijack_pairs(model, strengths, triggers: list[int], n_outputs: int) -> list[tuple[int, int, int]]:
+def hijack_pairs(model, strengths, triggers: list[int], n_outputs: int) -> list[tuple[int, int, int]]:
     """(q, o, b*): b* the calculator's global favourite for q (argmax of g(.|q) read from the weights);
     the outputs o at evenly spaced ranks of g(.|q) below b*, down to the least favoured, so the gaps
     g(b*|q) - g(o|q) the in-context term must beat range from small to the largest."""
@@ -65,12 +65,24 @@ def _hijack_pairs(model, strengths, triggers: list[int], n_outputs: int) -> list
     return out
 
 
+def trigger_queries(cfg, chain) -> list[int]:
+    """The queries of the hijack family: the run's fixed triggers, else the most frequent tokens."""
+    if cfg.data.triggers == "fixed":
+        return make_sampler(cfg.data, chain, torch.device("cpu"), 0).fixed_triggers.tolist()
+    return torch.tensor(chain.unigram).argsort(descending=True)[: max(1, cfg.data.n_triggers)].tolist()
+
+
+def hijack_prompts(chain, q: int, o: int, counts: torch.Tensor, T: int, n_fill: int, gen: torch.Generator) -> torch.Tensor:
+    """hijack(q, o, c, T) for each count c in turn, n_fill prompts each: (len(counts) * n_fill, T)."""
+    return torch.cat([hijack(chain, q, o, int(c), T, n_fill, gen) for c in counts])
+
+
 def hijack_study(model, strengths, pairs, *, chain, counts, T, n_fill, gen, diag) -> dict:
     """hijack(q, o, c, T) for each (q, o, b*) and count c: agreement, and the crossing counts c* of the
     margin logit_o - logit_b* (mean over fillers) for model, calculator and closed form (diagonal)."""
     rows, parts, table = [], [], []
     for q, o, b in pairs:
-        prompts = torch.cat([hijack(chain, q, o, int(c), T, n_fill, gen) for c in counts])
+        prompts = hijack_prompts(chain, q, o, counts, T, n_fill, gen)
         m, a1m, a2m, p = run_both(model, strengths, prompts, last_only=True)
         m, th = m[:, -1], p.logits[:, -1]
         parts.append((m, th))
@@ -121,8 +133,7 @@ def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "fu
     diag = read_strengths(model, T, "diagonal")
     gen = torch.Generator().manual_seed(seed)
     sampler = make_sampler(cfg.data, chain, torch.device("cpu"), seed)
-    triggers = sampler.fixed_triggers.tolist() if cfg.data.triggers == "fixed" else \
-        torch.tensor(chain.unigram).argsort(descending=True)[: max(1, cfg.data.n_triggers)].tolist()
+    triggers = trigger_queries(cfg, chain)
     n_fill = 4 if quick else 16
     results, pooled = {}, []
 
@@ -138,7 +149,7 @@ def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "fu
         results["length"] = {"by_T": per_T, **_pool(pooled[-len(lengths):])}
 
     if "hijack" in families or "dilution" in families or "compete" in families:
-        pairs = _hijack_pairs(model, strengths, triggers, 3 if quick else 8)
+        pairs = hijack_pairs(model, strengths, triggers, 3 if quick else 8)
 
     if "hijack" in families:
         counts = torch.arange(0, (6 if quick else 12) + 1)
@@ -148,7 +159,7 @@ def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "fu
         pooled.extend(results["hijack"].pop("parts"))
         if cfg.data.triggers == "fixed":  # queries without a trained induction key: the global term should win
             others = [q for q in torch.tensor(chain.unigram).argsort(descending=True).tolist() if q not in triggers][:len(triggers)]
-            nontrig = hijack_study(model, strengths, _hijack_pairs(model, strengths, others, 3 if quick else 8), **study)
+            nontrig = hijack_study(model, strengths, hijack_pairs(model, strengths, others, 3 if quick else 8), **study)
             nontrig.pop("parts")
             results["hijack"]["non_trigger"] = nontrig
 
