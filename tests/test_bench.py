@@ -1,8 +1,5 @@
 """Fast paths give the plain paths' numbers; the benchmark's FLOP count matches torch's counter. No timings."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch

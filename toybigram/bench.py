@@ -26,7 +26,6 @@ noisy: compare figures taken in the same sitting.
 from __future__ import annotations
 
 import argparse
-import math
 import resource
 import sys
 import tempfile
@@ -126,7 +125,6 @@ def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_
                   matmul_size: int = 1024, instances: int = 1, e2e_steps: int = 0) -> dict:
     """Measure ``cfg``'s config; returns a JSON-ready dict (see the module docstring)."""
     from toybigram.build import apply_threads, resolve_device, validate
-    from toybigram.data import TriggerSampler
     from toybigram.evaluation import evaluate
     from toybigram.runio import provenance
     from toybigram.train import build_run, training_loss

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from toybigram import config as _config  # noqa: F401  (registers the structured configs)
 from toybigram.build import apply_threads, as_container, data_seeds, make_sampler, resolve_device, validate

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from toybigram.data.bigram import BigramChain
-from toybigram.errors import ConfigError, require
+from toybigram.errors import require
 
 TRIGGER_MODES = ("fixed", "random")
 OUTPUT_MODES = ("uniform", "bigram")
@@ -271,7 +271,3 @@ class TriggerSampler:
             floor = floor.masked_fill(batch.labels >= 2, 0.0)
         return floor
 
-
-def check_trigger_config(n_triggers: int, vocab_size: int) -> None:
-    if n_triggers > vocab_size:
-        raise ConfigError(f"data.n_triggers: {n_triggers} triggers exceed the vocabulary size {vocab_size}")

@@ -7,7 +7,7 @@ directory trained with ``model.ffn=relu``). Defaults follow the paper and the sp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
