@@ -75,6 +75,30 @@ def test_forward_is_the_spec_formula_for_ape():
     torch.testing.assert_close(model(tokens)[0], y @ model.W_U)
 
 
+@pytest.mark.parametrize("pos,n_layers,ffn", [("ape", 2, "linear"), ("ape", 3, "relu"), ("rpe", 2, "linear"),
+                                              ("rope", 2, "none"), ("nope", 3, "linear")])
+def test_first_layer_table_read_equals_the_plain_products(pos, n_layers, ffn):
+    """The hook-free forward reads layer 1's keys and values from embedding tables; hooks force the plain products."""
+    model = tiny(pos=pos, n_layers=n_layers, ffn=ffn)
+    tokens = torch.randint(N, (3, T))
+    assert not model.hooks_attached()
+    fast = model(tokens)
+    fast_grads = torch.autograd.grad(fast.square().sum(), list(model.parameters()))
+    with model.hooks([("blocks.0.attn.hook_z", lambda x, hook: None)]):  # observing z needs the plain path
+        assert model.hooks_attached()
+        plain = model(tokens)
+        plain_grads = torch.autograd.grad(plain.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # An edited embedding reaches every product of layer 1, keys and values included.
+    with model.hooks([("hook_embed", lambda x, hook: 2 * x)]):
+        edited = model(tokens)
+    doubled = tiny(pos=pos, n_layers=n_layers, ffn=ffn)
+    doubled.W_E.mul_(2)
+    torch.testing.assert_close(edited, doubled(tokens))
+
+
 def test_rope_and_rpe_scores_are_relative():
     rope = tiny(pos="rope")
     x = torch.randn(1, T, D, dtype=torch.float64)

@@ -73,3 +73,21 @@ def test_freeze_until_keeps_a_matrix_at_zero(compose_train, tmp_path):
     model, _ = load_run(tmp_path / "run")
     assert model.blocks[0].attn.W_K.abs().max() == 0
     assert model.blocks[1].attn.W_K.abs().max() > 0
+
+
+def test_chunked_evaluation_equals_one_piece(compose_train, monkeypatch):
+    import torch
+
+    import toybigram.evaluation as evaluation
+    from toybigram.build import validate
+    from toybigram.train import build_run
+
+    cfg = compose_train(*TINY, "train.eval_batch_size=40", "model.init=random")
+    chain, spec = validate(cfg)
+    run = build_run(cfg, chain, spec, torch.device("cpu"))
+    whole = evaluation.evaluate(run.model, run.eval_batch, run.eval_bayes, run.transition, run.fixed_triggers)
+    monkeypatch.setattr(evaluation, "CHUNK_SCORES", 7 * cfg.data.seq_len ** 2)  # chunks of 7 sequences, the last of 5
+    chunked = evaluation.evaluate(run.model, run.eval_batch, run.eval_bayes, run.transition, run.fixed_triggers)
+    assert chunked.keys() == whole.keys()
+    for key, value in whole.items():
+        assert chunked[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

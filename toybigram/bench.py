@@ -44,27 +44,37 @@ from toybigram.model import ModelSpec
 def step_flops(spec: ModelSpec, batch_size: int, seq_len: int) -> dict[str, int]:
     """Matmul FLOPs (2 m n k per product) of one training step: forward, backward, total.
 
-    Mirrors the model: frozen matrices get no gradient; the first layer's input needs
-    none (embeddings are frozen), later layers' inputs do. Attention is counted over the
-    full T x T score matrix, as computed. Elementwise work (softmax, masks, residual
-    adds, the optimizer) is not counted.
+    Mirrors the model: the first layer reads its keys and values from embedding tables
+    (``AssociativeTransformer.embedding_read``: a product with W costs (N + T) d^2 there, and
+    its gradient W_E^T and P^T products as much); frozen matrices get no gradient; the
+    first layer's input needs none, later layers' inputs do. Attention is counted over the
+    full T x T score matrix, as computed. Elementwise work (softmax, masks, residual adds,
+    the optimizer) is not counted.
     """
     B, T, d, N, h = batch_size, seq_len, spec.d_model, spec.vocab_size, spec.d_hidden
     M = B * T
+    table_read = 2 * (N + (T if spec.pos == "ape" else 0)) * d * d  # read(W) = (W_E W)[z] + P W
     forward = backward = 0
     for layer in range(spec.n_layers):
-        input_grad = layer > 0  # layer 1's input is frozen embeddings
         last = layer == spec.n_layers - 1
-        if layer == 0 and spec.pos == "rpe":
-            R = spec.max_len  # x W_K r_delta^T for every stored distance
-            forward += 2 * M * d * d + 2 * M * d * R
-            backward += 2 * M * d * d + 2 * M * d * R
-        else:
-            forward += 2 * M * d * d + 2 * B * T * T * d  # x W_K, then scores against x
-            backward += 2 * M * d * d + 2 * B * T * T * d  # grad of W_K, grad of the query
-            backward += input_grad * (2 * M * d * d + 2 * B * T * T * d)  # grad of x through query and key
+        if layer == 0:
+            forward += table_read  # the key read: x W_K (rope: x W_K^T)
+            backward += table_read  # its gradient: W_E^T and P^T times the table gradients
+            if spec.pos == "rpe":
+                R = spec.max_len  # (x W_K) r_delta^T for every stored distance
+                forward += 2 * M * d * R
+                backward += 2 * M * d * R
+            else:
+                forward += 2 * B * T * T * d  # scores against x
+                backward += 2 * B * T * T * d  # grad of the key read
+            forward += 2 * d * d * d + table_read + 2 * B * T * T * d  # W_O W_V, the value read, a @ values
+            backward += 2 * B * T * T * d  # grad of a (the frozen values need none)
+            continue
+        forward += 2 * M * d * d + 2 * B * T * T * d  # x W_K, then scores against x
+        backward += 2 * M * d * d + 2 * B * T * T * d  # grad of W_K, grad of the query
+        backward += 2 * M * d * d + 2 * B * T * T * d  # grad of x through query and key
         forward += 2 * B * T * T * d  # sum_s a(t, s) x_s
-        backward += 2 * B * T * T * d + input_grad * 2 * B * T * T * d  # grad of a, grad of x
+        backward += 2 * B * T * T * d + 2 * B * T * T * d  # grad of a, grad of x
         forward += 2 * d * d * d + 2 * M * d * d  # W_O W_V, then applied
         backward += 2 * M * d * d + last * (2 * M * d * d + 2 * d * d * d)  # grad of z; of W_O (trainable in the last layer)
     if spec.ffn == "linear":
@@ -96,6 +106,29 @@ def time_median(fn: Callable[[], object], device: torch.device, repeats: int, wa
         _sync(device)
         times.append(time.perf_counter() - tick)
     return sorted(times)[len(times) // 2], times
+
+
+def time_interleaved(fns: list[Callable[[], object]], device: torch.device, repeats: int, warmup: int,
+                     block: int = 5) -> list[float]:
+    """Median seconds of each function over ``repeats`` calls, timed in alternating blocks of ``block`` calls.
+
+    Alternation spreads drifts in machine speed over all functions alike; each block starts
+    with one untimed call, so no function is timed on caches its rival has just filled.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    while len(times[0]) < repeats:
+        for fn, record in zip(fns, times):
+            fn()
+            for _ in range(min(block, repeats - len(record))):
+                _sync(device)
+                tick = time.perf_counter()
+                fn()
+                _sync(device)
+                record.append(time.perf_counter() - tick)
+    return [_median(record) for record in times]
 
 
 def dense_matmul_gflops(n: int, dtype: torch.dtype, device: torch.device, repeats: int = 7) -> list[float]:
@@ -217,8 +250,7 @@ def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: i
 
     def step() -> None:
         batches = TriggerSampler.sample_together([r.sampler for r in runs], B, T)
-        logits = stacked(torch.stack([b.inputs for b in batches]))
-        losses = torch.stack([training_loss(lg, b, cfg.train.loss) for lg, b in zip(logits.unbind(0), batches)])
+        losses = stacked.losses(batches, cfg.train.loss)
         for r in runs:
             r.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -236,9 +268,10 @@ def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: i
         single.optimizer.step()
         loss.item()
 
-    one_s, _ = time_median(one, device, steps, warmup)
-    together_s, _ = time_median(step, device, steps, warmup)
+    one_s, together_s = time_interleaved([one, step], device, steps, warmup)
+    flops = count * step_flops(spec, B, T)["total"]
     return {"count": count, "loop_step_ms": 1e3 * together_s, "single_loop_step_ms": 1e3 * one_s,
+            "achieved_gflops": flops / together_s / 1e9, "single_achieved_gflops": flops / count / one_s / 1e9,
             "ratio_to_single": together_s / one_s}
 
 
@@ -309,7 +342,8 @@ def format_report(r: dict) -> str:
     if "instances" in r:
         i = r["instances"]
         lines.append(f"instances  {i['count']} together {i['loop_step_ms']:.1f} ms/step vs one {i['single_loop_step_ms']:.1f} "
-                     f"ms/step: {i['ratio_to_single']:.2f}x")
+                     f"ms/step: {i['ratio_to_single']:.2f}x (interleaved; {i['achieved_gflops']:.1f} vs "
+                     f"{i['single_achieved_gflops']:.1f} GFLOP/s)")
     if "e2e" in r:
         e = r["e2e"]
         line = (f"end to end {e['ms_per_step']:.1f} ms/step over {e['steps']} steps ({e['wall_seconds']:.1f} s; "

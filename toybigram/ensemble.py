@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, vmap
 
 from toybigram.build import as_container, resolve_device, validate
-from toybigram.data import TriggerSampler
+from toybigram.data import Batch, TriggerSampler
 from toybigram.runio import METRICS_FILE, append_jsonl, write_json, write_jsonl
 from toybigram.train import (
     Progress,
@@ -96,6 +96,11 @@ class StackedModels:
         stacked = {name: torch.stack([p[name] for p in params]) for name in self.param_names}
         return self._forward(stacked, self.buffers, tokens)
 
+    def losses(self, batches: list[Batch], loss_on: str) -> torch.Tensor:
+        """Training loss of each model on its own batch, shape (S,); summed, they backpropagate to each model alone."""
+        batch = Batch.stack(batches)
+        return training_loss(self(batch.inputs), batch, loss_on)
+
 
 def train_ensemble(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
     """Train the instances of ``cfg`` together; returns their summaries (also in <run dir>/ensemble.json)."""
@@ -139,17 +144,15 @@ def train_ensemble(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
             for single, run in zip(configs, runs):
                 for group in run.optimizer.param_groups:
                     group["lr"] = learning_rate(single.optim, step, train_cfg.steps)
-            logits = stacked(torch.stack([batch.inputs for batch in batches]))
-            # unbind, not logits[i]: each index's backward would fill a zero tensor of all S instances' logits
-            losses = [training_loss(lg, batch, train_cfg.loss) for lg, batch in zip(logits.unbind(0), batches)]
+            losses = stacked.losses(batches, train_cfg.loss)
             for run in runs:
                 run.optimizer.zero_grad(set_to_none=True)
-            torch.stack(losses).sum().backward()  # instance i's loss reaches only instance i's parameters
+            losses.sum().backward()  # instance i's loss reaches only instance i's parameters
             for run in runs:
                 drop_frozen_gradients(run, step)
                 run.optimizer.step()
             step += 1
-            for i, value in enumerate(torch.stack(losses).tolist()):
+            for i, value in enumerate(losses.tolist()):
                 loss_sums[i], loss_counts[i] = loss_sums[i] + value, loss_counts[i] + 1
             step_seconds.append(time.perf_counter() - tick)
             progress.step()

@@ -53,6 +53,12 @@ class HookedModule(nn.Module):
     def hook_points(self) -> dict[str, HookPoint]:
         return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
 
+    def hooks_attached(self, names: Iterable[str] | None = None) -> bool:
+        """Whether any hook point (or any of ``names``) has a hook, from ``hooks``, ``run_with_cache`` or torch's API."""
+        points = (self.get_submodule(name) for name in names) if names is not None else (
+            m for m in self.modules() if isinstance(m, HookPoint))
+        return any(point._forward_hooks or point._forward_pre_hooks for point in points)
+
     @contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[Union[str, Callable[[str], bool]], HookFn]] = ()) -> Iterator["HookedModule"]:
         """Attach ``(name_or_predicate, fn)`` hooks for the duration of the block."""

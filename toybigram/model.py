@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,6 +36,8 @@ FFN_KINDS = ("none", "linear", "relu")
 APE_EXTENSIONS = ("error", "random", "clamp")
 INITS = ("zero", "random")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+Read = Callable[[torch.Tensor], torch.Tensor]  # W -> x @ W for a layer's input x
+TABLE_READ_BYPASSES = ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z")
 
 
 @dataclass(frozen=True)
@@ -115,30 +118,35 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
 
-    def scores(self, x: torch.Tensor, rel: torch.Tensor | None) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, rel: torch.Tensor | None, read: Read | None = None) -> torch.Tensor:
         """Raw scores (B, T, T) before the mask."""
         T = x.shape[1]
+        read = read or (lambda W: x @ W)
         if self.positional == "rpe":
             # x_t^T W_K r_{t-s}; distances beyond the table share its last row.
             distance = torch.arange(T, device=x.device)[:, None] - torch.arange(T, device=x.device)[None, :]
             distance = distance.clamp(0, rel.shape[0] - 1)
-            by_distance = (x @ self.W_K) @ rel.T  # (B, T, D)
+            by_distance = read(self.W_K) @ rel.T  # (B, T, D)
             return by_distance.gather(-1, distance.expand(x.shape[0], T, T))
         if self.positional == "rope":
             positions = torch.arange(T, device=x.device)
             query = rotate(x, positions, self.spec.rope_base)
-            key = rotate(x @ self.W_K.T, positions, self.spec.rope_base)
+            key = rotate(read(self.W_K.T), positions, self.spec.rope_base)
             return query @ key.transpose(-1, -2)
-        return (x @ self.W_K) @ x.transpose(-1, -2)
+        return read(self.W_K) @ x.transpose(-1, -2)
 
-    def forward(self, x: torch.Tensor, rel: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rel: torch.Tensor | None = None, read: Read | None = None) -> torch.Tensor:
+        """``read(W)`` must equal ``x @ W``: the first layer gets one that reads the embedding tables (see
+        ``AssociativeTransformer.embedding_read``), and then also takes its values from them."""
         T = x.shape[1]
-        scores = self.scores(x, rel)
+        scores = self.scores(x, rel, read)
         if self.spec.scale_scores:
             scores = scores / math.sqrt(self.spec.d_model)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        scores = self.hook_attn_scores(scores.masked_fill_(~causal, float("-inf")))  # in place: scores is a fresh tensor
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+        if read is not None:
+            return pattern @ read((self.W_O @ self.W_V).T)  # = (sum_s a(t,s) x_s) (W_O W_V)^T, hook_z unused
         z = self.hook_z(pattern @ x)  # sum_s a(t,s) x_s
         return z @ (self.W_O @ self.W_V).T
 
@@ -183,9 +191,9 @@ class Block(nn.Module):
     W_V = property(lambda self: self.attn.W_V)
     W_O = property(lambda self: self.attn.W_O)
 
-    def forward(self, x: torch.Tensor, rel: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rel: torch.Tensor | None = None, read: Read | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, rel)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, rel, read)))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(x))
         return self.hook_resid_post(x)
@@ -250,11 +258,27 @@ class AssociativeTransformer(HookedModule):
             x = x + self.hook_pos_embed(self.positions(tokens.shape[1]))
         return x
 
+    def embedding_read(self, tokens: torch.Tensor) -> Read:
+        """``W -> x @ W`` for the embedded tokens x_t = w_E(z_t) + p_t, from tables of N + T rows.
+
+        (W_E W)[z_t] + p_t W costs (N + T) d^2 instead of B T d^2: the first layer reads its
+        keys and values this way (a sixth of a training step's FLOPs at d = T = 128).
+        """
+        positions = self.positions(tokens.shape[-1]) if self.spec.pos == "ape" else None
+
+        def read(W: torch.Tensor) -> torch.Tensor:
+            out = F.embedding(tokens, self.W_E @ W)
+            return out if positions is None else out + positions @ W
+
+        return read
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, N) for input tokens (B, T)."""
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x, self.W_rel)
+        # A hook on the embedding or on layer 1's input or z gets the plain products of the (possibly edited) x.
+        read = None if self.hooks_attached(TABLE_READ_BYPASSES) else self.embedding_read(tokens)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.W_rel, read if i == 0 else None)
         return x @ self.W_U
 
     # -- the memories, named as in the spec ------------------------------------------------

@@ -58,11 +58,12 @@ def learning_rate(optim: DictConfig, step: int, total: int) -> float:
 
 
 def training_loss(logits: torch.Tensor, batch, loss_on: str) -> torch.Tensor:
+    """Mean cross-entropy over a batch's (B, T) targets; one per instance for stacked (S, B, T) batches."""
     losses = token_losses(logits, batch.targets)
     if loss_on == "incontext":
         mask = class_mask(batch.labels, "incontext")
-        return (losses * mask).sum() / mask.sum().clamp_min(1)
-    return losses.mean()
+        return (losses * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1)
+    return losses.mean((-2, -1))
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:

@@ -31,6 +31,7 @@ class Batch:
     """tokens (B, T+1); labels (B, T) for the targets tokens[:, 1:]; triggers, outputs (B, K).
 
     Label 0: the target came from the global bigram; n >= 1: the n-th firing of its trigger.
+    ``Batch.stack`` gives the same fields with a leading instance axis (S, B, ...).
     """
 
     tokens: torch.Tensor
@@ -40,11 +41,16 @@ class Batch:
 
     @property
     def inputs(self) -> torch.Tensor:
-        return self.tokens[:, :-1]
+        return self.tokens[..., :-1]
 
     @property
     def targets(self) -> torch.Tensor:
-        return self.tokens[:, 1:]
+        return self.tokens[..., 1:]
+
+    @staticmethod
+    def stack(batches: list["Batch"]) -> "Batch":
+        """The batches of S instances as one, each field with a leading instance axis."""
+        return Batch(*(torch.stack(fields) for fields in zip(*((b.tokens, b.labels, b.triggers, b.outputs) for b in batches))))
 
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device) for t in (self.tokens, self.labels, self.triggers, self.outputs)))
@@ -177,10 +183,11 @@ class TriggerSampler:
         columns, uniforms = torch.cat(columns, dim=1), torch.cat(uniforms, dim=1)  # (T, B) each
         # All randomness is drawn; the walk itself is deterministic.
         walk = lead._walk_numpy if lead.device.type == "cpu" else lead._walk_torch
-        tokens = walk(triggers, outputs, columns, uniforms, first).split(batch_size)
+        tokens = walk(triggers, outputs, columns, uniforms, first)
+        labels = TriggerSampler.label(tokens[:, :-1], triggers)  # per sequence, so one pass serves every sampler
         return [
-            Batch(tok, TriggerSampler.label(tok[:, :-1], trig), trig, out)
-            for tok, trig, out in zip(tokens, triggers.split(batch_size), outputs.split(batch_size))
+            Batch(*fields)
+            for fields in zip(*(t.split(batch_size) for t in (tokens, labels, triggers, outputs)))
         ]
 
     def _tables(self, triggers: torch.Tensor, outputs: torch.Tensor, lib):

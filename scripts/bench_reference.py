@@ -1,0 +1,202 @@
+"""Time toybigram's training loop against Bietti et al.'s public implementation, side by side.
+
+    git clone https://github.com/albietz/transformer-birth /path/to/transformer-birth   # once, by hand
+    python scripts/bench_reference.py --reference /path/to/transformer-birth [--repeats 2] [--steps 150]
+
+Both programs train the same configuration (d=128, T=128, batch 64, 2 layers, frozen
+embeddings and output, linear feed-forward in layer 2, five fixed triggers with uniform
+outputs, in-context loss on targets whose trigger fired before, SGD lr 0.2 with momentum
+0.9 and weight decay 1e-4, evaluation on a held-out batch of 512 every 50 steps) in
+fresh processes, alternately (reference, ours, reference, ours, ...). The figure is the
+training loop's wall time per step between the step-50 and the last evaluation: both
+programs log the elapsed time at their evaluations, so the same steps and evaluations
+are inside the window and process start-up, worker start-up and the first evaluation
+are outside it.
+
+The reference runs unmodified (``ihead_basic_main.py``) with two changes made from the
+outside: its hard-coded ``.cuda()`` calls are made no-ops so that it runs on the CPU,
+and its character tables (``data/meta.pkl``, which its ``data/prepare.py`` downloads)
+are written from toybigram's Shakespeare counts when the checkout has none. Its data
+comes from ``--workers`` worker processes (default 2, one per core here). The OpenMP
+wait policy is ``PASSIVE`` for both by default (toybigram sets it on import; without it
+the reference stalls on a shared CPU); ``--omp-default`` leaves the reference's
+environment alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from toybigram.errors import UserError, exit_with  # noqa: E402
+
+REFERENCE_FILES = ("ihead_basic_main.py", "ihead_basic_model.py", "ihead_data.py")
+# The reference's log line at an evaluation: "<iter> (<data s>, <step s>, <elapsed s>): loss ..."
+REFERENCE_LOG = re.compile(r"^(?:INFO:root:)?(\d+) \(([\d.]+), ([\d.]+), ([\d.]+)\): loss")
+# Run the reference's main script on the CPU: .cuda() becomes a no-op; the data workers need fork.
+CPU_LAUNCHER = """
+import multiprocessing, runpy, sys, torch
+multiprocessing.set_start_method("fork", force=True)
+torch.Tensor.cuda = lambda self, *args, **kwargs: self
+torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+torch.set_num_threads({threads})
+sys.argv = ["ihead_basic_main.py"] + sys.argv[1:]
+runpy.run_path("ihead_basic_main.py", run_name="__main__")
+"""
+
+
+def write_meta(reference: Path) -> bool:
+    """Write the reference's data/meta.pkl from toybigram's Shakespeare counts unless it exists."""
+    meta_path = reference / "data" / "meta.pkl"
+    if meta_path.exists():
+        return False
+    table = json.loads((REPO / "toybigram" / "data" / "shakespeare_bigram.json").read_text())
+    alphabet = table["alphabet"]
+    meta = {
+        "vocab_size": len(alphabet),
+        "itos": dict(enumerate(alphabet)),
+        "stoi": {ch: i for i, ch in enumerate(alphabet)},
+        "unigrams": {ch: int(c) for ch, c in zip(alphabet, table["unigram_counts"])},
+        "bigrams": {
+            (a, b): int(c)
+            for a, row in zip(alphabet, table["bigram_counts"])
+            for b, c in zip(alphabet, row) if c
+        },
+    }
+    meta_path.parent.mkdir(exist_ok=True)
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(meta))
+    tmp.replace(meta_path)
+    return True
+
+
+def window_ms_per_step(points: list[tuple[int, float]], first_step: int) -> float:
+    """ms per step between the evaluation at ``first_step`` and the last one, from (step, elapsed s) pairs."""
+    points = sorted(points)
+    start = [p for p in points if p[0] == first_step]
+    if not start or points[-1][0] <= first_step:
+        raise RuntimeError(f"no evaluations at step {first_step} and after it: {points}")
+    (s0, t0), (s1, t1) = start[0], points[-1]
+    return 1e3 * (t1 - t0) / (s1 - s0)
+
+
+def cpu_seconds_of_children() -> float:
+    """User + system seconds of every finished child process (and their reaped children) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_reference(args, env: dict) -> dict:
+    steps = args.steps
+    cli = [
+        f"model_args.dim={args.d_model}", f"model_args.max_length={args.seq_len}", f"data_args.seq_length={args.seq_len}",
+        f"optim_args.batch_size={args.batch_size}", f"data_args.k={args.triggers}", "data_args.fixed_special_toks=True",
+        "model_args.final_ffn=True", "model_args.linear_final_ffn=True",
+        "model_args.freeze_embeddings=True", "model_args.freeze_output=True",
+        "optim_args.use_sgd=True", "optim_args.learning_rate=0.2", "optim_args.momentum=0.9", "optim_args.weight_decay=0.0001",
+        "loss_head_only=True", f"eval_delta={args.eval_every}", f"num_data_workers={args.workers}",
+        f"max_iters={steps + 1}", f"seed={args.seed}",
+    ]
+    before, tick = cpu_seconds_of_children(), time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CPU_LAUNCHER.format(threads=args.threads or os.cpu_count()), *cli],
+                          cwd=args.reference, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - tick
+    if proc.returncode != 0:
+        raise RuntimeError(f"the reference failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    points = [(int(m[1]), float(m[4])) for line in proc.stderr.splitlines() if (m := REFERENCE_LOG.match(line.strip()))]
+    return {"ms_per_step": window_ms_per_step(points, args.eval_every), "process_seconds": wall,
+            "cpu_seconds": cpu_seconds_of_children() - before}
+
+
+def run_ours(args, env: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [
+            f"hydra.run.dir={tmp}/run", f"model.d_model={args.d_model}", f"data.seq_len={args.seq_len}",
+            f"train.batch_size={args.batch_size}", f"data.n_triggers={args.triggers}", "data.triggers=fixed",
+            "model.ffn=linear", "train.loss=incontext", "optim=sgd", "optim.lr=0.2", "optim.momentum=0.9",
+            "optim.weight_decay=0.0001", "optim.schedule=constant", f"train.eval_every={args.eval_every}",
+            "train.eval_batch_size=512", f"train.steps={args.steps}", "train.ckpt_every=0", "train.theory=false",
+            "train.progress=none", f"seed={args.seed}", f"threads={args.threads}",
+        ]
+        before, tick = cpu_seconds_of_children(), time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "toybigram.train", *overrides], cwd=REPO, env=env,
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - tick
+        if proc.returncode != 0:
+            raise RuntimeError(f"toybigram failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    points = [(row["step"], row["elapsed_seconds"]) for row in rows]
+    return {"ms_per_step": window_ms_per_step(points, args.eval_every), "process_seconds": wall,
+            "cpu_seconds": cpu_seconds_of_children() - before}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", type=Path, required=True, help="a checkout of albietz/transformer-birth")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--triggers", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="the reference's data worker processes")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for both (0: one per core)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--omp-default", action="store_true", help="do not set OMP_WAIT_POLICY=PASSIVE for the reference")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    try:
+        missing = [name for name in REFERENCE_FILES if not (args.reference / name).is_file()]
+        if missing:
+            raise UserError(f"--reference: {args.reference} is not a transformer-birth checkout (missing {', '.join(missing)})")
+        if min(args.repeats, args.steps, args.eval_every, args.d_model, args.seq_len, args.batch_size, args.workers) < 1:
+            raise UserError("--repeats, --steps, --eval-every, sizes and --workers must be positive")
+        if args.steps < 2 * args.eval_every:
+            raise UserError(f"--steps must be at least twice --eval-every to have a timing window, got {args.steps}")
+    except UserError as error:
+        exit_with(error)
+    if write_meta(args.reference):
+        print(f"wrote {args.reference / 'data' / 'meta.pkl'} from toybigram's Shakespeare counts")
+
+    ours_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    reference_env = dict(os.environ)
+    if not args.omp_default:
+        reference_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    results: dict[str, list[dict]] = {"reference": [], "toybigram": []}
+    for repeat in range(args.repeats):
+        for name, run, env in (("reference", run_reference, reference_env), ("toybigram", run_ours, ours_env)):
+            figures = run(args, env)
+            results[name].append(figures)
+            print(f"repeat {repeat + 1} {name:<10} {figures['ms_per_step']:7.1f} ms/step in the loop  "
+                  f"(process {figures['process_seconds']:.1f} s, {figures['cpu_seconds']:.1f} CPU-s)", flush=True)
+    ratios = [r["ms_per_step"] / o["ms_per_step"] for r, o in zip(results["reference"], results["toybigram"])]
+    summary = {
+        "reference_ms_per_step": statistics.median(r["ms_per_step"] for r in results["reference"]),
+        "toybigram_ms_per_step": statistics.median(o["ms_per_step"] for o in results["toybigram"]),
+        "ratios": ratios,
+        "load_average": list(os.getloadavg()),
+    }
+    print(f"median     reference {summary['reference_ms_per_step']:.1f} ms/step, toybigram "
+          f"{summary['toybigram_ms_per_step']:.1f} ms/step; per-pair speed-up "
+          + ", ".join(f"{x:.2f}x" for x in ratios))
+    if args.json:
+        args.json.write_text(json.dumps({"config": vars(args) | {"reference": str(args.reference), "json": str(args.json)},
+                                         "runs": results, "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
