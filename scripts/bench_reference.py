@@ -17,10 +17,10 @@ The reference runs unmodified (``ihead_basic_main.py``) with two changes made fr
 outside: its hard-coded ``.cuda()`` calls are made no-ops so that it runs on the CPU,
 and its character tables (``data/meta.pkl``, which its ``data/prepare.py`` downloads)
 are written from toybigram's Shakespeare counts when the checkout has none. Its data
-comes from ``--workers`` worker processes (default 2, one per core here). The OpenMP
-wait policy is ``PASSIVE`` for both by default (toybigram sets it on import; without it
-the reference stalls on a shared CPU); ``--omp-default`` leaves the reference's
-environment alone.
+comes from ``--workers`` worker processes (default 2, one per core here). Both programs
+start from the caller's environment; toybigram then picks its OpenMP wait policy itself
+(``toybigram/__init__.py``). ``--omp-passive`` gives both ``OMP_WAIT_POLICY=PASSIVE``,
+the fair setting on a CPU shared with other work (spinning OpenMP threads stall there).
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # before importing toybigram, which may set it
 
 from toybigram.errors import UserError, exit_with  # noqa: E402
 
@@ -142,6 +143,61 @@ def run_ours(args, env: dict) -> dict:
             "cpu_seconds": cpu_seconds_of_children() - before}
 
 
+def model_steps(args) -> dict:
+    """Forward, backward and SGD update on one fixed batch, both models in this process, timed in alternation.
+
+    The reference's model is imported from the checkout and built as its main script
+    builds it (same configuration as the loops); in-context loss on targets with label >= 2.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from toybigram.bench import time_interleaved
+    from toybigram.cli import compose
+    from toybigram.build import apply_threads, validate
+    from toybigram.train import build_run, training_loss
+
+    cfg = compose("train", [
+        f"model.d_model={args.d_model}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
+        f"data.n_triggers={args.triggers}", "model.ffn=linear", "train.loss=incontext", "optim=sgd", "optim.lr=0.2",
+        "optim.momentum=0.9", "optim.weight_decay=0.0001", "optim.schedule=constant", f"seed={args.seed}",
+        f"threads={args.threads}",
+    ])
+    apply_threads(cfg.threads)
+    chain, spec = validate(cfg)
+    ours = build_run(cfg, chain, spec, torch.device("cpu"))
+    batch = ours.sampler.sample(args.batch_size, args.seq_len)
+
+    sys.path.insert(0, str(args.reference))
+    from ihead_basic_model import ModelArgs, Transformer  # the reference's model, from the checkout
+
+    reference = Transformer(ModelArgs(
+        vocab_size=chain.vocab_size, dim=args.d_model, max_length=args.seq_len, final_ffn=True, linear_final_ffn=True,
+        freeze_embeddings=True, freeze_output=True,
+    ))
+    reference_optimizer = torch.optim.SGD([p for p in reference.parameters()], lr=0.2, weight_decay=1e-4, momentum=0.9)
+    x, y, labels = batch.inputs, batch.targets, batch.labels
+
+    def reference_step() -> None:
+        reference_optimizer.zero_grad()
+        pred = reference(x)
+        loss = F.cross_entropy(pred[labels >= 2], y[labels >= 2])
+        loss.backward()
+        reference_optimizer.step()
+        loss.item()
+
+    def our_step() -> None:
+        loss = training_loss(ours.model(batch.inputs), batch, "incontext")
+        ours.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ours.optimizer.step()
+        loss.item()
+
+    reference_s, ours_s = time_interleaved([reference_step, our_step], torch.device("cpu"), args.model_steps, 3)
+    return {"reference_model_step_ms": 1e3 * reference_s, "toybigram_model_step_ms": 1e3 * ours_s,
+            "torch_threads": torch.get_num_threads()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, required=True, help="a checkout of albietz/transformer-birth")
@@ -155,13 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="the reference's data worker processes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both (0: one per core)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--omp-default", action="store_true", help="do not set OMP_WAIT_POLICY=PASSIVE for the reference")
+    parser.add_argument("--omp-passive", action="store_true", help="run both with OMP_WAIT_POLICY=PASSIVE")
+    parser.add_argument("--model-steps", type=int, default=20,
+                        help="also time both models' step alone in this process, this many times each (0: skip)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     try:
         missing = [name for name in REFERENCE_FILES if not (args.reference / name).is_file()]
         if missing:
             raise UserError(f"--reference: {args.reference} is not a transformer-birth checkout (missing {', '.join(missing)})")
+        if args.model_steps < 0:
+            raise UserError(f"--model-steps must be non-negative, got {args.model_steps}")
         if min(args.repeats, args.steps, args.eval_every, args.d_model, args.seq_len, args.batch_size, args.workers) < 1:
             raise UserError("--repeats, --steps, --eval-every, sizes and --workers must be positive")
         if args.steps < 2 * args.eval_every:
@@ -171,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if write_meta(args.reference):
         print(f"wrote {args.reference / 'data' / 'meta.pkl'} from toybigram's Shakespeare counts")
 
-    ours_env = {**os.environ, "PYTHONPATH": str(REPO)}
-    reference_env = dict(os.environ)
-    if not args.omp_default:
-        reference_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    reference_env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if USER_OMP_WAIT_POLICY is not None or args.omp_passive:
+        reference_env["OMP_WAIT_POLICY"] = "PASSIVE" if args.omp_passive else USER_OMP_WAIT_POLICY
+    ours_env = {**reference_env, "PYTHONPATH": str(REPO)}
     results: dict[str, list[dict]] = {"reference": [], "toybigram": []}
     for repeat in range(args.repeats):
         for name, run, env in (("reference", run_reference, reference_env), ("toybigram", run_ours, ours_env)):
@@ -183,10 +243,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"repeat {repeat + 1} {name:<10} {figures['ms_per_step']:7.1f} ms/step in the loop  "
                   f"(process {figures['process_seconds']:.1f} s, {figures['cpu_seconds']:.1f} CPU-s)", flush=True)
     ratios = [r["ms_per_step"] / o["ms_per_step"] for r, o in zip(results["reference"], results["toybigram"])]
+    steps_alone = model_steps(args) if args.model_steps else None
+    if steps_alone:
+        print(f"model step alone, in one process: reference {steps_alone['reference_model_step_ms']:.1f} ms, "
+              f"toybigram {steps_alone['toybigram_model_step_ms']:.1f} ms ({steps_alone['torch_threads']} threads)")
     summary = {
         "reference_ms_per_step": statistics.median(r["ms_per_step"] for r in results["reference"]),
         "toybigram_ms_per_step": statistics.median(o["ms_per_step"] for o in results["toybigram"]),
         "ratios": ratios,
+        "model_step_alone": steps_alone,
         "load_average": list(os.getloadavg()),
     }
     print(f"median     reference {summary['reference_ms_per_step']:.1f} ms/step, toybigram "

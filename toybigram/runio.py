@@ -132,6 +132,7 @@ def provenance(device: torch.device | str, dtype: torch.dtype | str) -> dict:
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["cuda_device_name"] = torch.cuda.get_device_name(torch.device(device))
