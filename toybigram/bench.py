@@ -219,7 +219,7 @@ def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_
         "achieved_gflops": flops["total"] / model_s / 1e9,
     }
     if instances > 1:
-        result["instances"] = _bench_instances(cfg, chain, spec, device, instances, steps, warmup, model_s)
+        result["instances"] = _bench_instances(cfg, chain, spec, device, instances, steps, warmup)
     if e2e_steps:
         result["e2e"] = _bench_end_to_end(cfg, e2e_steps, instances)
     dense += dense_matmul_gflops(matmul_size, dtype, device)
@@ -234,7 +234,7 @@ def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_
     return result
 
 
-def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: int, single_s: float) -> dict:
+def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: int) -> dict:
     """Loop step (sampling included) of ``count`` instances trained together, against one."""
     from omegaconf import OmegaConf
 
