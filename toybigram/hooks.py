@@ -55,8 +55,7 @@ class HookedModule(nn.Module):
 
     def hooks_attached(self, names: Iterable[str] | None = None) -> bool:
         """Whether any hook point (or any of ``names``) has a hook, from ``hooks``, ``run_with_cache`` or torch's API."""
-        points = (self.get_submodule(name) for name in names) if names is not None else (
-            m for m in self.modules() if isinstance(m, HookPoint))
+        points = [self.get_submodule(name) for name in names] if names is not None else self.hook_points.values()
         return any(point._forward_hooks or point._forward_pre_hooks for point in points)
 
     @contextmanager
