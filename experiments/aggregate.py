@@ -3,6 +3,8 @@
     python experiments/aggregate.py fig1 --profile quick      # or: all
 
 Reading a sweep (``collect``):
+- a run is a job directory, or each ``instance{i}/`` of a job that trained its seeds together
+  (``experiments/run.py --seeds-together``);
 - a run is named by its swept values, e.g. ``seed=2,model.pos=rpe`` (from .hydra/overrides.yaml,
   else from its config);
 - complete: summary.json is there (and the figure's per-run result file, when it needs one);
@@ -30,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: experiments/aggregate.py
 from toybigram.errors import UserError
 from toybigram.runio import METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_jsonl
 
+JOB_LOG = "train.log"  # Hydra's log of a job (hydra.job.name: train)
 RESULTS_DIR = "experiments"  # per-run result files of the post-run analysis: <run>/experiments/<figure>.json
 # Settings allowed to differ between the runs of one sweep besides the swept ones.
 RUNTIME_KEYS = {"train.resume", "train.overwrite", "train.progress"}
@@ -106,8 +109,13 @@ def _run_values(path: Path, axes: Iterable[str], config: dict | None) -> dict[st
         flat = flatten(config)
         for key in axes:
             if key not in values and key in flat:
-                values[key] = str(flat[key])
+                values[key] = _as_override(flat[key])
     return values
+
+
+def _as_override(value: Any) -> str:
+    """A config value written as on the command line (true, null, 0.5)."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
 def run_name(values: dict[str, str], axes: Iterable[str]) -> str:
@@ -123,9 +131,27 @@ def _normal(value: str) -> str:
 
 
 def _log_error(path: Path) -> str:
-    log = path / "train.log"
+    log = path / JOB_LOG
     lines = [line for line in (log.read_text(errors="replace").splitlines() if log.is_file() else []) if "error" in line.lower()]
     return lines[-1].strip() if lines else "no summary.json and no metrics"
+
+
+def _by_number(paths: Iterable[Path]) -> list[Path]:
+    return sorted(paths, key=lambda p: (len(p.name), p.name))
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    """The run directories of a sweep: its jobs, and in place of a job that trained seeds together, its instances."""
+    if not sweep_dir.is_dir():
+        return []
+    out = []
+    for job in _by_number(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        instances = _by_number(p for p in job.glob("instance*") if p.is_dir() and p.name[len("instance"):].isdigit())
+        if instances:
+            out.extend(instances)
+        elif any((job / f).exists() for f in (SUMMARY_FILE, METRICS_FILE, ".hydra", JOB_LOG)):
+            out.append(job)  # anything else is not a run (e.g. submitit's .submitit folder, stray files)
+    return out
 
 
 def collect(sweep_dir: str | Path, axes: dict[str, list[str]] | list[str], experiment: str = "",
@@ -139,11 +165,7 @@ def collect(sweep_dir: str | Path, axes: dict[str, list[str]] | list[str], exper
     keys = list(expected)
     out = Collected(experiment or sweep_dir.name)
     seen: set[tuple] = set()
-    dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: (len(p.name), p.name)) if sweep_dir.is_dir() else []
-    for path in dirs:
-        if not any((path / f).exists() for f in (SUMMARY_FILE, METRICS_FILE, ".hydra", "train.log")):
-            continue  # not a run directory (e.g. submitit's .submitit folder, stray files)
+    for path in run_dirs(sweep_dir):
         summary, config = None, None
         if (path / SUMMARY_FILE).is_file():
             try:
@@ -154,8 +176,9 @@ def collect(sweep_dir: str | Path, axes: dict[str, list[str]] | list[str], exper
                 out.problems.append(Problem(run_name(values, keys), path, "failed", f"unreadable summary.json ({err})"))
                 seen.add(tuple(_normal(values.get(k, "?")) for k in keys))
                 continue
-        if config is None and (path / ".hydra" / "config.yaml").is_file():
-            config = _read_yaml(path / ".hydra" / "config.yaml")
+        for recorded in (path / ".hydra" / "config.yaml", path / "config.yaml"):  # a job's, an instance's
+            if config is None and recorded.is_file():
+                config = _read_yaml(recorded)
         values = _run_values(path, keys, config)
         name = run_name(values, keys)
         seen.add(tuple(_normal(values.get(k, "?")) for k in keys))

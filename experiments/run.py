@@ -2,6 +2,7 @@
 
     python experiments/run.py all --profile quick               # `make figures`: every figure, ~15 min on 2 CPU cores
     python experiments/run.py fig3 --profile paper --launcher slurm_gpu   # the same sweeps on a Slurm cluster
+    python experiments/run.py fig3 --seeds-together             # each point's seeds trained together in one job (GPU)
     python experiments/run.py fig4 --skip-train                 # re-analyse existing runs, re-aggregate, re-plot
     python experiments/run.py fig1 --plot-only                  # only redraw from paper_figures/data/
 
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
                         help="Hydra launcher for the sweeps: joblib (local, parallel), basic (one after another), "
                              "submitit_local, submitit_slurm or the presets slurm_cpu / slurm_gpu (conf/hydra/launcher/)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs of the joblib launcher")
+    parser.add_argument("--seeds-together", action="store_true",
+                        help="train each point's seeds together in one job (train.instances); same runs, fewer processes")
     parser.add_argument("--skip-train", action="store_true", help="use the runs already in the sweep directories")
     parser.add_argument("--plot-only", action="store_true", help="only draw the figures from the existing tables")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override for every sweep (repeatable)")
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
                     if not args.skip_train and str(sweep.sweep_dir) not in trained:
                         trained.add(str(sweep.sweep_dir))
                         launcher = None if args.launcher == "basic" else args.launcher
-                        launch(sweep, launcher, args.jobs, tuple(args.override), log=log)
+                        launch(sweep, launcher, args.jobs, tuple(args.override), log=log, seeds_together=args.seeds_together)
                     if result is not None:
                         post_run(sweep, result, fig.post[result], analysed)
                 if name == "fig5":
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
     timings["total"] = round(time.perf_counter() - total, 1)
     if not args.plot_only and args.skip_train is False and set(figures) == set(FIGURES):
         write_json(DATA_DIR / f"runtimes_{args.profile}.json", {"seconds": timings, "launcher": args.launcher, "jobs": args.jobs,
+                                                                "seeds_together": args.seeds_together,
                                                                 "cpu_count": os.cpu_count()})
     log(f"all done in {timings['total']:.0f} s" + (f"; failed: {', '.join(failures)}" if failures else ""))
     return 2 if failures else 0

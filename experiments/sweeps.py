@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -45,6 +45,7 @@ class Sweep:
     sweep_dir: Path
     axes: dict[str, list[str]]
     config: dict
+    data_seeds: dict[str, int] = field(default_factory=dict)  # the data seed each swept seed resolves to
 
     @property
     def points(self) -> list[dict[str, str]]:
@@ -64,28 +65,49 @@ class Sweep:
             sweep_dir = ROOT / sweep_dir
         task = OmegaConf.to_container(cfg, resolve=False)
         task.pop("hydra", None)
-        return cls(name, sweep_dir, axes, OmegaConf.to_container(OmegaConf.create(task), resolve=True))
+        data_seeds = {}
+        for seed in axes.get("seed", []):
+            point = OmegaConf.create(task)
+            point.seed = int(seed)
+            data_seeds[seed] = int(point.data_seed)
+        return cls(name, sweep_dir, axes, OmegaConf.to_container(OmegaConf.create(task), resolve=True), data_seeds)
+
+    def seeds_together(self) -> list[str]:
+        """Overrides that turn the seed axis into one job per point training every seed together
+        (``train.instances``); each seed still gets its own run directory, ``<job>/instance{i}/``."""
+        seeds = self.axes.get("seed", [])
+        if len(seeds) < 2:
+            return []
+        data = [str(self.data_seeds[s]) for s in seeds]
+        return [f"seed={seeds[0]}", f"train.instances={len(seeds)}", f"train.instance_seeds=[{','.join(seeds)}]",
+                f"train.instance_data_seeds=[{','.join(data)}]"]
 
 
 def launch(sweep: Sweep, launcher: str = "joblib", jobs: int = 2, extra: tuple[str, ...] = (), fresh: bool = True,
-           log=print) -> tuple[int, float]:
+           log=print, seeds_together: bool = False) -> tuple[int, float]:
     """Run the sweep as a Hydra multirun in a subprocess; returns (exit code, seconds).
 
     ``fresh`` empties the sweep directory first, so a table never mixes two invocations.
+    ``seeds_together``: one job per point of the other axes trains all its seeds (``Sweep.seeds_together``).
     A failing job does not raise here: the aggregator reports it by name.
     """
     if fresh and sweep.sweep_dir.exists():
         shutil.rmtree(sweep.sweep_dir)
+    together = sweep.seeds_together() if seeds_together else []
+    job_count = len(sweep.points) // (len(sweep.axes["seed"]) if together else 1)
     cmd = [sys.executable, "-m", "toybigram.train", "-m", f"+experiment={sweep.name}", f"hydra.sweep.dir={sweep.sweep_dir}"]
     if launcher:
         cmd.append(f"hydra/launcher={launcher}")
         if launcher == "joblib":
             cmd.append(f"hydra.launcher.n_jobs={jobs}")
+    cmd.extend(together)
     cmd.extend(extra)
     env = dict(os.environ)
     env.setdefault("CI", "true")
-    if launcher in ("joblib", "submitit_local") and jobs > 1:
-        env["OMP_NUM_THREADS"] = "1"  # one core per job: jobs x threads must not oversubscribe the CPU
+    parallel = min(jobs, job_count)
+    if launcher in ("joblib", "submitit_local") and parallel > 1:
+        # the cores shared among the jobs that run at once: jobs x threads must not oversubscribe the CPU
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log(f"[{sweep.name}] {' '.join(cmd[1:])}")
     start = time.perf_counter()
@@ -95,5 +117,5 @@ def launch(sweep: Sweep, launcher: str = "joblib", jobs: int = 2, extra: tuple[s
         tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
         log(f"[{sweep.name}] multirun exited with code {proc.returncode} after {seconds:.0f} s:\n{tail}")
     else:
-        log(f"[{sweep.name}] {len(sweep.points)} runs in {seconds:.0f} s")
+        log(f"[{sweep.name}] {len(sweep.points)} runs" + (f" in {job_count} jobs" if together else "") + f" in {seconds:.0f} s")
     return proc.returncode, seconds

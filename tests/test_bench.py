@@ -79,6 +79,7 @@ def test_bench_reports_every_figure_as_json(tmp_path, capsys):
     assert result["dense_matmul"]["gflops_median"] > 0 and result["fraction_of_dense"] > 0
     assert result["memory"]["peak_rss_mb"] > 0
     assert result["instances"]["count"] == 2 and result["e2e"]["together_ratio_to_single"] > 0
+    assert result["instances"]["wide_batch_loop_step_ms"] > 0
 
 
 @pytest.mark.parametrize("args,setting", [

@@ -86,3 +86,22 @@ def test_cli_trains_instances_into_subdirectories(monkeypatch, capsys, tmp_path)
     for i in range(2):
         assert (run_dir / f"instance{i}" / "summary.json").is_file() and (run_dir / f"instance{i}" / "metrics.jsonl").is_file()
     assert (run_dir / "ensemble.json").is_file()
+
+
+def test_data_seeds_follow_the_seeds_when_the_config_ties_them(compose_train, tmp_path):
+    """``data_seed: ${seed}`` (the experiment configs) resolves per instance, as in each separate run."""
+    from toybigram.ensemble import instance_configs
+
+    tied = instance_configs(compose_train(*TINY, "data_seed=${seed}", "train.instances=2", "train.instance_seeds=[3,8]"))
+    assert [(c.seed, c.data_seed) for c in tied] == [(3, 3), (8, 8)]
+    fixed = instance_configs(compose_train(*TINY, "data_seed=5", "train.instances=2", "train.instance_seeds=[3,8]"))
+    assert [(c.seed, c.data_seed) for c in fixed] == [(3, 5), (8, 6)]
+
+
+def test_instance_config_is_recorded_before_training(compose_train, tmp_path):
+    from omegaconf import OmegaConf
+
+    train(compose_train(*TINY, "train.steps=2", "train.instances=2", "seed=5"), tmp_path / "run")
+    recorded = OmegaConf.load(tmp_path / "run" / "instance1" / "config.yaml")
+    assert recorded.seed == 6 and recorded.train.instances == 1
+    assert OmegaConf.to_container(recorded) == read_json(tmp_path / "run" / "instance1" / "summary.json")["config"]

@@ -10,6 +10,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,53 @@ def test_slurm_presets_compose(preset, gpus):
     cfg = compose("train", ["+experiment=fig1_dynamics", f"hydra/launcher={preset}"], with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == gpus and cfg.hydra.launcher.timeout_min > 0
+
+
+def test_collect_reads_the_instances_of_a_job_that_trained_seeds_together(tmp_path):
+    """A seeds-together job is one run per instance; an interrupted instance is named by its own seed."""
+    root = tmp_path / "sweep"
+    job = make_run(root, "0", 0, summary=False, metrics=(), overrides=["seed=0", "train.instances=3"])
+    (job / "ensemble.json").write_text("{}")
+    for i, seed in enumerate((0, 1, 2)):
+        instance = make_run(job, f"instance{i}", seed, summary=seed != 2, metrics=(0, 10) if seed == 2 else (0, 10, 20))
+        shutil.rmtree(instance / ".hydra")  # an instance records its config in config.yaml, with no .hydra
+        (instance / "config.yaml").write_text(json.dumps({**CONFIG, "seed": seed, "data_seed": seed}))
+    got = collect(root, {"seed": ["0", "1", "2", "3"]}, "together")
+    assert [r.name for r in got.runs] == ["seed=0", "seed=1"]
+    assert [r.path.name for r in got.runs] == ["instance0", "instance1"]
+    assert sorted((p.status, p.name) for p in got.problems) == [("incomplete", "seed=2"), ("missing", "seed=3")]
+
+
+def test_sweep_with_seeds_together_gives_each_seed_its_separate_run(tmp_path):
+    """experiments/run.py --seeds-together: one job trains every seed; each instance equals its separate run."""
+    from test_ensemble import assert_rows_close
+
+    from experiments.sweeps import launch
+    from toybigram.cli import compose
+    from toybigram.runio import read_json, read_jsonl
+    from toybigram.train import train
+
+    tiny = ("data.seq_len=32", "model.d_model=32", "train.steps=6", "train.eval_every=3", "train.batch_size=8",
+            "train.eval_batch_size=16", "device=cpu")
+    sweep = Sweep.load("fig1_dynamics_quick", (f"hydra.sweep.dir={tmp_path / 'sweep'}", *tiny))
+    assert sweep.seeds_together()[:2] == ["seed=0", "train.instances=3"]
+    code, _ = launch(sweep, None, 1, tiny, log=lambda msg: None, seeds_together=True)
+    assert code == 0
+    got = collect(sweep.sweep_dir, sweep.axes, sweep.name)
+    assert [r.name for r in got.runs] == ["seed=0", "seed=1", "seed=2"] and not got.problems
+    assert len([p for p in sweep.sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 1  # one job
+    alone = compose("train", ["+experiment=fig1_dynamics_quick", "seed=2", *tiny])
+    train(alone, tmp_path / "alone")
+    assert_rows_close(read_jsonl(got.runs[2].path / "metrics.jsonl"), read_jsonl(tmp_path / "alone" / "metrics.jsonl"))
+    assert got.runs[2].config == read_json(tmp_path / "alone" / "summary.json")["config"]
+
+
+def test_a_job_that_fails_on_bad_input_is_reported_with_its_error(tmp_path):
+    """The job's one-line error reaches its log (train.log), and the aggregator quotes it."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "toybigram.train", "-m", f"hydra.sweep.dir={sweep}", "seed=0", *TINY, "data.vocab_size=1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: data.vocab_size")
+    got = collect(sweep, {"seed": ["0"]}, "bad")
+    assert not got.runs and [(p.status, p.name) for p in got.problems] == [("failed", "seed=0")]
+    assert "data.vocab_size: must be at least 2" in got.problems[0].why

@@ -20,7 +20,11 @@ Every time is the median of several repeats after warm-up, taken in this process
 ``--e2e STEPS`` also times ``train()`` end to end (evaluation, metrics rows and
 checkpoint included, theory off) into a temporary directory: the whole call, the loop
 alone (first to last metrics row: steps plus evaluations) and CPU seconds (all
-threads); with ``--instances S`` it trains S instances together and, for comparison, one. Times on a shared machine are
+threads); with ``--instances S`` it trains S instances together and, for comparison, one.
+
+``--instances S`` times, interleaved: the loop step of S instances trained together, of
+one, and of one model on an S-times batch (the same arithmetic with shared weights, so
+the least that stacking S models could cost here). Times on a shared machine are
 noisy: compare figures taken in the same sitting.
 """
 from __future__ import annotations
@@ -258,21 +262,26 @@ def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: i
             r.optimizer.step()
         losses.tolist()
 
-    single = runs[0]
+    def one_model(run, batch_size: int):
+        def one() -> None:
+            batch = run.sampler.sample(batch_size, T)
+            loss = training_loss(run.model(batch.inputs), batch, cfg.train.loss)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            loss.item()
 
-    def one() -> None:
-        batch = single.sampler.sample(B, T)
-        loss = training_loss(single.model(batch.inputs), batch, cfg.train.loss)
-        single.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        single.optimizer.step()
-        loss.item()
+        return one
 
-    one_s, together_s = time_interleaved([one, step], device, steps, warmup)
+    # One model on a count-times batch does the same arithmetic with one set of weights: no way of
+    # stacking count models can beat it on this machine, so it is the bound for the ratio.
+    wide = build_run(instance_configs(cfg)[0], chain, spec, device)
+    one_s, together_s, wide_s = time_interleaved([one_model(runs[0], B), step, one_model(wide, count * B)], device, steps, warmup)
     flops = count * step_flops(spec, B, T)["total"]
     return {"count": count, "loop_step_ms": 1e3 * together_s, "single_loop_step_ms": 1e3 * one_s,
             "achieved_gflops": flops / together_s / 1e9, "single_achieved_gflops": flops / count / one_s / 1e9,
-            "ratio_to_single": together_s / one_s}
+            "ratio_to_single": together_s / one_s,
+            "wide_batch_loop_step_ms": 1e3 * wide_s, "wide_batch_ratio_to_single": wide_s / one_s}
 
 
 def _bench_end_to_end(cfg: DictConfig, steps: int, instances: int) -> dict:
@@ -344,6 +353,8 @@ def format_report(r: dict) -> str:
         lines.append(f"instances  {i['count']} together {i['loop_step_ms']:.1f} ms/step vs one {i['single_loop_step_ms']:.1f} "
                      f"ms/step: {i['ratio_to_single']:.2f}x (interleaved; {i['achieved_gflops']:.1f} vs "
                      f"{i['single_achieved_gflops']:.1f} GFLOP/s)")
+        lines.append(f"           bound: one model on {i['count']}x the batch {i['wide_batch_loop_step_ms']:.1f} ms/step = "
+                     f"{i['wide_batch_ratio_to_single']:.2f}x one (the same arithmetic with shared weights)")
     if "e2e" in r:
         e = r["e2e"]
         line = (f"end to end {e['ms_per_step']:.1f} ms/step over {e['steps']} steps ({e['wall_seconds']:.1f} s; "

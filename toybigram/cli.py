@@ -6,6 +6,7 @@ an invalid value is reported before anything is written, then hand over to Hydra
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -77,6 +78,15 @@ def run_app(
                 precheck(cfg)
             return task(cfg)
         except UserError as err:
+            _log_to_job_file(f"error: {err}")  # a sweep's aggregator quotes it from there
             exit_with(err)
 
     _main()
+
+
+def _log_to_job_file(message: str) -> None:
+    """Write ``message`` to the Hydra job's log file only (the console gets exit_with's one line)."""
+    record = logging.LogRecord("toybigram", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -72,7 +72,7 @@ class TrainConfig:
     # run i writes <run dir>/instance{i}/ exactly as a separate run would.
     instances: int = 1
     instance_seeds: Optional[list[int]] = None  # model seeds; default seed + i
-    instance_data_seeds: Optional[list[int]] = None  # data seeds; default data_seed + i
+    instance_data_seeds: Optional[list[int]] = None  # data seeds; default data_seed + i (each seed, if data_seed: ${seed})
     instance_lrs: Optional[list[float]] = None  # learning rates; default optim.lr for all
 
 

@@ -2,11 +2,13 @@
 
     python -m toybigram.train train.instances=8                      # seeds seed..seed+7, data seeds data_seed..data_seed+7
     python -m toybigram.train train.instances=3 train.instance_lrs=[0.1,0.2,0.4] train.instance_data_seeds=[0,0,0]
+    python experiments/run.py fig3 --seeds-together                    # a figure's sweep, each point's seeds as one job
 
 Instance i is the run ``seed=s_i data_seed=d_i optim.lr=lr_i``: it builds the same
 model, optimizer, samplers and held-out batch (``train.build_run``), and writes
 ``<run dir>/instance{i}/`` with the same metrics.jsonl, checkpoint.pt and summary.json
-(its config is that single run's, so ``load_run`` and ``train.resume`` treat it as one).
+(its config is that single run's, so ``load_run`` and ``train.resume`` treat it as one;
+it is also in ``instance{i}/config.yaml`` from the start, for the sweep aggregator).
 Only the training step is shared: the S batches come from one sampler walk
 (``TriggerSampler.sample_together``), and one ``vmap`` over ``functional_call`` runs the
 S models' forward and backward with their parameters and frozen matrices stacked.
@@ -25,7 +27,7 @@ from torch.func import functional_call, vmap
 
 from toybigram.build import as_container, resolve_device, validate
 from toybigram.data import Batch, TriggerSampler
-from toybigram.runio import METRICS_FILE, append_jsonl, write_json, write_jsonl
+from toybigram.runio import METRICS_FILE, append_jsonl, atomic_write_text, write_json, write_jsonl
 from toybigram.train import (
     Progress,
     build_run,
@@ -40,6 +42,7 @@ from toybigram.train import (
 )
 
 ENSEMBLE_FILE = "ensemble.json"
+INSTANCE_CONFIG_FILE = "config.yaml"
 
 
 def instance_configs(cfg: DictConfig) -> list[DictConfig]:
@@ -47,7 +50,12 @@ def instance_configs(cfg: DictConfig) -> list[DictConfig]:
     train = cfg.train
     count = train.instances
     seeds = list(train.instance_seeds) if train.instance_seeds is not None else [cfg.seed + i for i in range(count)]
-    data = list(train.instance_data_seeds) if train.instance_data_seeds is not None else [cfg.data_seed + i for i in range(count)]
+    if train.instance_data_seeds is not None:
+        data = list(train.instance_data_seeds)
+    elif data_seed_follows_seed(cfg):
+        data = seeds  # as each separate run would resolve it
+    else:
+        data = [cfg.data_seed + i for i in range(count)]
     lrs = list(train.instance_lrs) if train.instance_lrs is not None else [cfg.optim.lr] * count
     base = as_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))  # hydra's node may not resolve
     configs = []
@@ -58,6 +66,11 @@ def instance_configs(cfg: DictConfig) -> list[DictConfig]:
         single.train.instance_seeds = single.train.instance_data_seeds = single.train.instance_lrs = None
         configs.append(single)
     return configs
+
+
+def data_seed_follows_seed(cfg: DictConfig) -> bool:
+    """True when the config ties the data seed to the seed (``data_seed: ${seed}``, as the experiment configs do)."""
+    return OmegaConf.is_interpolation(cfg, "data_seed") and cfg._get_node("data_seed")._value().strip() == "${seed}"
 
 
 def instance_dir(run_dir: Path, index: int) -> Path:
@@ -115,6 +128,7 @@ def train_ensemble(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
     for single, directory in zip(configs, dirs):
         prepare_run_dir(single, directory)
         write_jsonl(directory / METRICS_FILE, [])
+        atomic_write_text(directory / INSTANCE_CONFIG_FILE, OmegaConf.to_yaml(single))  # what a separate run's .hydra/config.yaml holds
     stacked = StackedModels([run.model for run in runs])
     samplers = [run.sampler for run in runs]
     train_cfg = cfg.train
