@@ -1,6 +1,6 @@
 """Regenerate paper figures: sweeps -> post-run analysis -> tables -> PNG and PDF.
 
-    python experiments/run.py all --profile quick               # `make figures`: every figure, ~15 min on 2 CPU cores
+    python experiments/run.py all --profile quick               # `make figures`: every figure, ~3 min on 2 idle CPU cores
     python experiments/run.py fig3 --profile paper --launcher slurm_gpu   # the same sweeps on a Slurm cluster
     python experiments/run.py fig3 --seeds-together             # each point's seeds trained together in one job (GPU)
     python experiments/run.py fig4 --skip-train                 # re-analyse existing runs, re-aggregate, re-plot
