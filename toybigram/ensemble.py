@@ -70,7 +70,8 @@ def instance_configs(cfg: DictConfig) -> list[DictConfig]:
 
 def data_seed_follows_seed(cfg: DictConfig) -> bool:
     """True when the config ties the data seed to the seed (``data_seed: ${seed}``, as the experiment configs do)."""
-    return OmegaConf.is_interpolation(cfg, "data_seed") and cfg._get_node("data_seed")._value().strip() == "${seed}"
+    raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["data_seed"]), resolve=False).get("data_seed")
+    return isinstance(raw, str) and raw.replace(" ", "") == "${seed}"
 
 
 def instance_dir(run_dir: Path, index: int) -> Path:
