@@ -98,7 +98,7 @@ def test_data_seeds_follow_the_seeds_when_the_config_ties_them(compose_train, tm
     assert [(c.seed, c.data_seed) for c in fixed] == [(3, 5), (8, 6)]
 
 
-def test_instance_config_is_recorded_before_training(compose_train, tmp_path):
+def test_instance_directory_records_its_single_run_config(compose_train, tmp_path):
     from omegaconf import OmegaConf
 
     train(compose_train(*TINY, "train.steps=2", "train.instances=2", "seed=5"), tmp_path / "run")
