@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: experiments/aggregate.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toybigram.errors import UserError
-from toybigram.runio import METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_jsonl
+from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_jsonl
 
 JOB_LOG = "train.log"  # Hydra's log of a job (hydra.job.name: train)
 RESULTS_DIR = "experiments"  # per-run result files of the post-run analysis: <run>/experiments/<figure>.json
@@ -176,7 +176,7 @@ def collect(sweep_dir: str | Path, axes: dict[str, list[str]] | list[str], exper
                 out.problems.append(Problem(run_name(values, keys), path, "failed", f"unreadable summary.json ({err})"))
                 seen.add(tuple(_normal(values.get(k, "?")) for k in keys))
                 continue
-        for recorded in (path / ".hydra" / "config.yaml", path / "config.yaml"):  # a job's, an instance's
+        for recorded in (path / ".hydra" / "config.yaml", path / INSTANCE_CONFIG_FILE):  # a job's, an instance's
             if config is None and recorded.is_file():
                 config = _read_yaml(recorded)
         values = _run_values(path, keys, config)

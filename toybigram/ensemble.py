@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 
 from toybigram.build import as_container, resolve_device, validate
 from toybigram.data import Batch, TriggerSampler
-from toybigram.runio import METRICS_FILE, append_jsonl, atomic_write_text, write_json, write_jsonl
+from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, append_jsonl, atomic_write_text, write_json, write_jsonl
 from toybigram.train import (
     Progress,
     build_run,
@@ -42,7 +42,6 @@ from toybigram.train import (
 )
 
 ENSEMBLE_FILE = "ensemble.json"
-INSTANCE_CONFIG_FILE = "config.yaml"
 
 
 def instance_configs(cfg: DictConfig) -> list[DictConfig]:

@@ -15,6 +15,7 @@ import torch
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
+INSTANCE_CONFIG_FILE = "config.yaml"  # an instance of seeds trained together records its single-run config here
 
 
 def _jsonable(value: Any) -> Any:
