@@ -6,11 +6,25 @@
     python experiments/run.py fig4 --skip-train                 # re-analyse existing runs, re-aggregate, re-plot
     python experiments/run.py fig1 --plot-only                  # only redraw from paper_figures/data/
 
+Before anything runs, every experiment config the figures need is composed with the
+``--override``s and every point of its grid is validated: a bad override ends in one
+``error:`` line and exit code 2, with nothing written.
+
 Steps per figure: (1) each experiment config it needs runs as a Hydra multirun
 (`python -m toybigram.train -m +experiment=<name>`) into its sweep directory, emptied first; a
-sweep shared by several figures runs once per invocation; (2) analyses that need a model write
-<run>/experiments/<result>.json; (3) experiments/aggregate.py writes paper_figures/data/*.csv;
-(4) paper_figures/<figure>.py draws paper_figures/<figure>.png and .pdf from those tables.
+sweep shared by several figures runs once per invocation; a job that fails or diverges fails
+alone, and the others go on; (2) analyses that need a model write
+<run>/experiments/<result>.json for every usable run; (3) each run's summary.json and settings
+are checked (experiments/aggregate.py): the figure's tables are built only when every point of
+every grid has a finished run with the experiment's settings; (4) the tables and the figure are
+written to a temporary folder, and moved to paper_figures/data/ and paper_figures/ only when the
+figure script has drawn them. A figure with failed or missing runs keeps its previous tables and
+figure; the run ends with a `failed: <figure> (...)` line and exit code 2.
+
+``--allow-missing`` builds a figure from the usable runs when every point of every grid (seeds
+aside) still has at least one of them: the runs left out are listed, the means are over fewer
+seeds (the tables' ``_n`` columns say how many), and the exit code is 0. A point with no usable
+run at all still fails the figure.
 """
 from __future__ import annotations
 
@@ -18,22 +32,84 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.aggregate import RESULTS_DIR, collect  # noqa: E402
-from experiments.figures import DATA_DIR, FIGURES, WIDTHS, aggregate_figure, width_dir  # noqa: E402
-from experiments.sweeps import PROFILES, Sweep, experiment_name, launch  # noqa: E402
-from toybigram.errors import UserError  # noqa: E402
-from toybigram.runio import write_json  # noqa: E402
+from experiments.aggregate import RESULTS_DIR, collect, write_table  # noqa: E402
+from experiments.analysis import width_agreement  # noqa: E402
+from experiments.figures import DATA_DIR, FIGURES, FIGURES_DIR, WIDTH_BUILDS, WIDTHS, Figure, Setup, figure_tables, width_file  # noqa: E402
+from experiments.sweeps import PROFILES, Sweep, launch, one_line  # noqa: E402
+from toybigram.cli import compose  # noqa: E402
+from toybigram.errors import INTERRUPT_EXIT_CODE, UserError, exit_with  # noqa: E402
+from toybigram.rundir import check_writable_dir  # noqa: E402
+from toybigram.runio import atomic_write_bytes, write_json  # noqa: E402
 
 LAUNCHERS = ("joblib", "basic", "submitit_local", "submitit_slurm", "slurm_cpu", "slurm_gpu")
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad command-line options end in one `error:` line and exit code 2, like every toybigram command."""
+
+    def error(self, message: str):
+        exit_with(message)
+
+
+def positive_int(text: str) -> int:
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv) -> argparse.Namespace:
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("figure", choices=[*FIGURES, "all"], nargs="+")
+    parser.add_argument("--profile", default="quick", choices=PROFILES)
+    parser.add_argument("--launcher", default="joblib", choices=LAUNCHERS,
+                        help="Hydra launcher for the sweeps: joblib (local, parallel), basic (one after another), "
+                             "submitit_local, submitit_slurm or the presets slurm_cpu / slurm_gpu (conf/hydra/launcher/)")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="parallel jobs of the joblib launcher")
+    parser.add_argument("--seeds-together", action="store_true",
+                        help="train each point's seeds together in one job (train.instances); same runs, fewer processes")
+    parser.add_argument("--skip-train", action="store_true", help="use the runs already in the sweep directories")
+    parser.add_argument("--plot-only", action="store_true", help="only draw the figures from the existing tables")
+    parser.add_argument("--override", action="append", default=[],
+                        help="extra Hydra override for every sweep (repeatable); an override of a swept setting replaces its axis")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="build a figure from the usable runs when every point still has at least one seed")
+    parser.add_argument("--sweeps-dir", type=Path, help="keep the sweeps in DIR/<sweep>/ instead of outputs/experiments/<profile>/")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the tables go (default paper_figures/data)")
+    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="where the PNG and PDF files go (default paper_figures)")
+    args = parser.parse_args(argv)
+    if args.plot_only and args.override:
+        parser.error("--override: has no effect with --plot-only (the figures are drawn from the existing tables)")
+    return args
+
+
+def prepare(figures: list[str], args: argparse.Namespace) -> Setup:
+    """Compose every sweep with the overrides and validate every point; refuse unwritable output folders."""
+    setup = Setup(args.profile, tuple(args.override), args.sweeps_dir)
+    for setting, folder in (("--data-dir", args.data_dir), ("--figures-dir", args.figures_dir), ("--sweeps-dir", args.sweeps_dir)):
+        if folder is not None:
+            check_writable_dir(folder, setting)
+    if args.plot_only:
+        return setup
+    if not args.skip_train and args.launcher != "basic":
+        try:  # a launcher whose plugin is not installed
+            compose("train", [f"hydra/launcher={args.launcher}"], with_hydra=True)
+        except Exception as err:
+            raise UserError(f"--launcher {args.launcher}: {one_line(err)}") from None
+    for name in figures:
+        for base, _ in FIGURES[name].experiments:
+            setup.sweep(base).check()
+    return setup
 
 
 def run_script(script: Path, data_dir: Path = DATA_DIR, out_dir: Path | None = None) -> list[Path]:
@@ -43,83 +119,130 @@ def run_script(script: Path, data_dir: Path = DATA_DIR, out_dir: Path | None = N
     return module.main(["--data", str(data_dir), "--out", str(out_dir or script.parent)])
 
 
-def post_run(sweep: Sweep, result: str, fn, done: set) -> None:
-    """Write <run>/experiments/<result>.json for every finished run of the sweep (once per invocation)."""
+def publish(staged: Path, folder: Path) -> list[Path]:
+    """Copy every file of ``staged`` into ``folder``, each atomically."""
+    out = []
+    for file in sorted(staged.iterdir()) if staged.is_dir() else []:
+        if file.is_file() and not file.name.startswith("."):
+            atomic_write_bytes(folder / file.name, file.read_bytes())
+            out.append(folder / file.name)
+    return out
+
+
+def draw(fig: Figure, tables: dict[str, list[dict]] | None, data_dir: Path, figures_dir: Path) -> list[Path]:
+    """Write the tables (None: keep the existing ones) and draw the figure in a temporary folder;
+    move the files into place only when both worked, so a failure leaves the previous ones."""
+    with tempfile.TemporaryDirectory(prefix="toybigram-figure-") as tmp:
+        staged_data, staged_figures = Path(tmp, "data"), Path(tmp, "figures")
+        staged_data.mkdir()
+        for table, rows in (tables or {}).items():
+            write_table(staged_data / f"{table}.csv", rows)
+        run_script(fig.script, staged_data if tables is not None else data_dir, staged_figures)
+        return publish(staged_data, data_dir) + publish(staged_figures, figures_dir)
+
+
+@dataclass
+class Progress:
+    """What this invocation has already done, so that a sweep shared by figures runs once."""
+
+    trained: set = field(default_factory=set)
+    analysed: set = field(default_factory=set)
+
+
+def post_run(sweep: Sweep, result: str, fn, progress: Progress) -> None:
+    """Write <run>/experiments/<result>.json for every usable run of the sweep (once per invocation)."""
     key = (str(sweep.sweep_dir), result)
-    if key in done:
+    if key in progress.analysed:
         return
-    done.add(key)
-    collected = collect(sweep.sweep_dir, sweep.axes, sweep.name)
+    progress.analysed.add(key)
+    collected = collect(sweep.sweep_dir, sweep.axes, sweep.name, expected=sweep.expected)
     start = time.perf_counter()
     for run in collected.runs:
         write_json(run.path / RESULTS_DIR / f"{result}.json", fn(run.path))
     log(f"[{sweep.name}] {result}: {len(collected.runs)} runs analysed in {time.perf_counter() - start:.0f} s")
 
 
-def widths(profile: str) -> None:
-    from experiments.analysis import width_agreement
-
-    w = WIDTHS[profile]
+def widths(setup: Setup) -> None:
+    """The ideal builds of Figure 5b, one JSON file per width and seed."""
+    w = WIDTHS[setup.profile]
     start = time.perf_counter()
-    folder = width_dir(profile)
     for d in w["d"]:
         for seed in w["seeds"]:
-            write_json(folder / f"d{d}_s{seed}.json", width_agreement(d, w["N"], w["T"], seed))
-    log(f"[fig5_width] {len(w['d']) * len(w['seeds'])} ideal builds in {time.perf_counter() - start:.0f} s")
+            write_json(width_file(setup.width_dir, d, seed), width_agreement(d, w["N"], w["T"], seed))
+    log(f"[{WIDTH_BUILDS}] {len(w['d']) * len(w['seeds'])} ideal builds in {time.perf_counter() - start:.0f} s")
+
+
+def run_inputs(fig: Figure, setup: Setup, args: argparse.Namespace, progress: Progress) -> None:
+    """Train the figure's sweeps (unless --skip-train), run its post-run analyses and builds."""
+    for base, result in fig.experiments:
+        sweep = setup.sweep(base)
+        if not args.skip_train and str(sweep.sweep_dir) not in progress.trained:
+            progress.trained.add(str(sweep.sweep_dir))
+            launcher = None if args.launcher == "basic" else args.launcher
+            launch(sweep, launcher, args.jobs, log=log, seeds_together=args.seeds_together)
+        if result is not None:
+            post_run(sweep, result, fig.post[result], progress)
+    if WIDTH_BUILDS in fig.builds:
+        widths(setup)
+
+
+def make_figure(name: str, setup: Setup, args: argparse.Namespace, progress: Progress) -> str:
+    """Sweeps, analyses, tables and figure of one figure; returns the runs left out (--allow-missing), or ''."""
+    fig = FIGURES[name]
+    tables, left_out = None, ""
+    if not args.plot_only:
+        run_inputs(fig, setup, args, progress)
+        tables, left_out = figure_tables(name, setup, args.allow_missing)
+    paths = draw(fig, tables, args.data_dir, args.figures_dir)
+    log(f"[{name}] wrote {', '.join(p.name for p in paths)}")
+    return left_out
+
+
+def final_line(failures: dict[str, str], left_out: dict[str, str], done: list[str], seconds: float) -> str:
+    """The last line: 'all done', what --allow-missing left out, or which figures failed and why."""
+    if failures:
+        ok = f"; done: {', '.join(done)}" if done else ""
+        return "failed: " + "; ".join(f"{name} ({why})" for name, why in failures.items()) + ok
+    if left_out:
+        return f"done in {seconds:.0f} s, runs left out (--allow-missing): " + "; ".join(f"{n} ({why})" for n, why in left_out.items())
+    return f"all done in {seconds:.0f} s"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("figure", choices=[*FIGURES, "all"], nargs="+")
-    parser.add_argument("--profile", default="quick", choices=PROFILES)
-    parser.add_argument("--launcher", default="joblib", choices=LAUNCHERS,
-                        help="Hydra launcher for the sweeps: joblib (local, parallel), basic (one after another), "
-                             "submitit_local, submitit_slurm or the presets slurm_cpu / slurm_gpu (conf/hydra/launcher/)")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel jobs of the joblib launcher")
-    parser.add_argument("--seeds-together", action="store_true",
-                        help="train each point's seeds together in one job (train.instances); same runs, fewer processes")
-    parser.add_argument("--skip-train", action="store_true", help="use the runs already in the sweep directories")
-    parser.add_argument("--plot-only", action="store_true", help="only draw the figures from the existing tables")
-    parser.add_argument("--override", action="append", default=[], help="extra Hydra override for every sweep (repeatable)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     figures = list(FIGURES) if "all" in args.figure else list(dict.fromkeys(args.figure))
-    os.environ.setdefault("CI", "true")
-    trained, analysed, failures, timings = set(), set(), [], {}
+    try:
+        setup = prepare(figures, args)
+    except UserError as err:
+        exit_with(err)
+    progress, failures, left_out, timings, done = Progress(), {}, {}, {}, []
     total = time.perf_counter()
     for name in figures:
-        fig, start = FIGURES[name], time.perf_counter()
+        start = time.perf_counter()
         try:
-            if not args.plot_only:
-                for base, result in fig.experiments:
-                    sweep = Sweep.load(experiment_name(base, args.profile), tuple(args.override))
-                    if not args.skip_train and str(sweep.sweep_dir) not in trained:
-                        trained.add(str(sweep.sweep_dir))
-                        launcher = None if args.launcher == "basic" else args.launcher
-                        launch(sweep, launcher, args.jobs, tuple(args.override), log=log, seeds_together=args.seeds_together)
-                    if result is not None:
-                        post_run(sweep, result, fig.post[result], analysed)
-                if name == "fig5":
-                    widths(args.profile)
-                paths = aggregate_figure(name, args.profile)
-                log(f"[{name}] tables: {', '.join(p.name for p in paths)}")
-            outputs = run_script(fig.script)
-            log(f"[{name}] figure: {', '.join(str(Path(p).name) for p in outputs)}")
-        except UserError as err:
-            failures.append(name)
-            log(f"error: {name}: {err}")
+            missing = make_figure(name, setup, args, progress)
+            done.append(name)
+            if missing:
+                left_out[name] = missing
+        except UserError as err:  # failed or missing runs, a missing table: the previous files stay
+            failures[name] = str(err)
         except Exception as err:  # a figure script that cannot draw: report it, go on with the others
-            failures.append(name)
-            log(f"error: {name}: {type(err).__name__}: {err}")
+            failures[name] = f"{type(err).__name__}: {err}"
         timings[name] = round(time.perf_counter() - start, 1)
-        log(f"[{name}] done in {timings[name]:.0f} s")
+        log(f"[{name}] {'failed' if name in failures else 'done'} in {timings[name]:.0f} s")
     timings["total"] = round(time.perf_counter() - total, 1)
-    if not args.plot_only and args.skip_train is False and set(figures) == set(FIGURES):
-        write_json(DATA_DIR / f"runtimes_{args.profile}.json", {"seconds": timings, "launcher": args.launcher, "jobs": args.jobs,
-                                                                "seeds_together": args.seeds_together,
-                                                                "cpu_count": os.cpu_count()})
-    log(f"all done in {timings['total']:.0f} s" + (f"; failed: {', '.join(failures)}" if failures else ""))
+    complete = not failures and not left_out and not args.plot_only and not args.skip_train
+    if complete and set(figures) == set(FIGURES):
+        write_json(args.data_dir / f"runtimes_{args.profile}.json", {
+            "seconds": timings, "launcher": args.launcher, "jobs": args.jobs, "seeds_together": args.seeds_together,
+            "cpu_count": os.cpu_count()})
+    line = final_line(failures, left_out, done, timings["total"])
+    print(line, file=sys.stderr if failures else sys.stdout, flush=True)
     return 2 if failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # tables and figures not yet moved into place stay as they were
+        exit_with("interrupted", INTERRUPT_EXIT_CODE)

@@ -1,10 +1,15 @@
-"""Experiment configs (conf/experiment/) as sweeps: their grid, their directory, launching them.
+"""Experiment configs (conf/experiment/) as sweeps: their grid, their directory, their settings per point, launching them.
 
 An experiment config declares its grid in ``hydra.sweeper.params`` and its directory in
 ``hydra.sweep.dir``; ``python -m toybigram.train -m +experiment=NAME`` runs the grid.
+Extra overrides behave as on Hydra's command line: they apply to every job, and an
+override of a swept setting replaces that axis (``seed=0`` runs seed 0 only,
+``seed=0,1`` runs seeds 0 and 1). Several values for a setting the experiment does not
+sweep are refused: the figure's tables would not know the extra axis.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import shutil
@@ -14,10 +19,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+import toybigram.config  # noqa: F401  (registers the structured configs)
+from toybigram.build import validate
+from toybigram.cli import compose
+from toybigram.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("quick", "paper")
+SWEEP_DIR_KEY = "hydra.sweep.dir"
+# Progress of each job as plain log lines (one per evaluation), never a terminal bar: in its train.log and cluster log.
+JOB_PROGRESS = "train.progress=lines"
 
 
 def experiment_name(base: str, profile: str) -> str:
@@ -27,25 +41,53 @@ def experiment_name(base: str, profile: str) -> str:
     return base if profile == "paper" else f"{base}_{profile}"
 
 
+def _parse(override: str):
+    """One command-line override as Hydra parses it; a syntax error is the user's."""
+    try:
+        return OverridesParser.create().parse_overrides([override])[0]
+    except Exception as err:  # Hydra's OverrideParseException and friends
+        raise UserError(f"--override {override}: {one_line(err)}") from None
+
+
+def override_key(override: str) -> str:
+    """``+data.x=1`` -> ``data.x``; ``hydra/launcher=joblib`` -> ``hydra/launcher``."""
+    return override.partition("=")[0].lstrip("+~")
+
+
 def parse_sweep_values(key: str, value: str) -> list[str]:
     """The values of one swept axis as Hydra's basic sweeper expands them ("0,1,2", range(0,3), ...)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+    override = _parse(f"{key}={value}")
     if override.is_sweep_override():
         return [str(v) for v in override.sweep_string_iterator()]
     return [str(override.get_value_element_as_str())]
 
 
+def typed_value(key: str, value: str):
+    """A swept value as the Python value Hydra would set ("8" -> 8, "rpe" -> "rpe", "0.5" -> 0.5)."""
+    return _parse(f"{key}={value}").value()
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra/OmegaConf errors in one line: the first line of the message and of its cause."""
+    parts = [str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__]
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip().splitlines()[0] not in parts[0]:
+        parts.append(str(cause).strip().splitlines()[0])
+    return " ".join(parts)
+
+
 @dataclass
 class Sweep:
-    """One experiment config: its name, sweep directory, grid and the composed (unswept) config."""
+    """One experiment config with the extra overrides: its name, sweep directory, grid and settings."""
 
     name: str
     sweep_dir: Path
     axes: dict[str, list[str]]
-    config: dict
+    config: dict  # the resolved settings shared by every point (the swept ones at their config default)
     data_seeds: dict[str, int] = field(default_factory=dict)  # the data seed each swept seed resolves to
+    overrides: tuple[str, ...] = ()  # the extra overrides, as given
+    base: DictConfig | None = field(default=None, repr=False)  # the composed settings, unresolved
+    _expected: dict[tuple, dict] = field(default_factory=dict, repr=False)
 
     @property
     def points(self) -> list[dict[str, str]]:
@@ -53,24 +95,76 @@ class Sweep:
         return [dict(zip(keys, values)) for values in itertools.product(*(self.axes[k] for k in keys))]
 
     @classmethod
-    def load(cls, name: str, overrides: tuple[str, ...] = ()) -> "Sweep":
-        import toybigram.config  # noqa: F401  (registers the structured configs)
-        from toybigram.cli import compose
+    def load(cls, name: str, overrides: tuple[str, ...] = (), sweeps_dir: str | Path | None = None) -> "Sweep":
+        """Compose ``+experiment=name`` with ``overrides``; bad overrides raise UserError naming them.
 
-        cfg = compose("train", [f"+experiment={name}", *overrides], with_hydra=True)
+        ``sweeps_dir``: put the sweep in ``sweeps_dir/<last part of its hydra.sweep.dir>``.
+        """
+        parsed = [(item, _parse(item)) for item in overrides]
+        fixed = [item for item, p in parsed if not p.is_sweep_override()]
+        try:
+            cfg = compose("train", [f"+experiment={name}", *fixed], with_hydra=True)
+        except UserError:
+            raise
+        except Exception as err:  # unknown keys, values of the wrong type
+            raise UserError(f"{name}: {one_line(err)}" + (f" (--override {' '.join(fixed)})" if fixed else "")) from None
         params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
         axes = {str(k): parse_sweep_values(str(k), str(v)) for k, v in params.items()}
+        for item, p in parsed:  # as on Hydra's command line: an override of a swept setting replaces the axis
+            key = override_key(item)
+            if key in axes:
+                axes[key] = [str(v) for v in p.sweep_string_iterator()] if p.is_sweep_override() else [str(p.get_value_element_as_str())]
+            elif p.is_sweep_override():
+                raise UserError(f"--override {item}: several values for a setting {name} does not sweep "
+                                f"(it sweeps {', '.join(axes) or 'nothing'})")
         sweep_dir = Path(cfg.hydra.sweep.dir)
-        if not sweep_dir.is_absolute():
-            sweep_dir = ROOT / sweep_dir
-        task = OmegaConf.to_container(cfg, resolve=False)
-        task.pop("hydra", None)
-        data_seeds = {}
-        for seed in axes.get("seed", []):
-            point = OmegaConf.create(task)
-            point.seed = int(seed)
-            data_seeds[seed] = int(point.data_seed)
-        return cls(name, sweep_dir, axes, OmegaConf.to_container(OmegaConf.create(task), resolve=True), data_seeds)
+        sweep_dir = Path(sweeps_dir) / sweep_dir.name if sweeps_dir is not None else sweep_dir
+        sweep_dir = sweep_dir if sweep_dir.is_absolute() else ROOT / sweep_dir
+        base = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        sweep = cls(name, sweep_dir, axes, OmegaConf.to_container(base, resolve=True), overrides=tuple(overrides), base=base)
+        sweep.data_seeds = {seed: int(sweep.point_config({"seed": seed}).data_seed) for seed in axes.get("seed", [])}
+        return sweep
+
+    def point_config(self, point: dict[str, str]) -> DictConfig:
+        """The settings a job of this point runs with: the composed config with the point's values set."""
+        cfg = self.base.copy()
+        for key, value in point.items():
+            if "." not in key and isinstance(cfg.get(key), DictConfig):  # a config group: let Hydra compose it
+                return compose("train", [f"+experiment={self.name}", *self._fixed_overrides(),
+                                         *(f"{k}={v}" for k, v in point.items())])
+            OmegaConf.update(cfg, key, typed_value(key, value), merge=True)
+        return cfg
+
+    def _fixed_overrides(self) -> list[str]:
+        return [item for item in self.overrides if override_key(item) not in self.axes and not _parse(item).is_sweep_override()]
+
+    def expected(self, point: dict[str, str]) -> dict:
+        """The resolved settings a finished run of ``point`` must have recorded (a copy of a cached dict)."""
+        key = tuple(sorted(point.items()))
+        if key not in self._expected:
+            self._expected[key] = OmegaConf.to_container(self.point_config(point), resolve=True)
+        return copy.deepcopy(self._expected[key])
+
+    def check(self) -> None:
+        """Validate the settings of every point before anything runs; a bad one raises UserError naming it.
+
+        Each seed and each combination of the other values is checked at least once, not every
+        pairing: a seed is checked on its own (its range), and building the chain dominates the cost.
+        """
+        checked_others, checked_seeds = set(), set()
+        for point in self.points:
+            others = tuple((k, v) for k, v in point.items() if k != "seed")
+            if others in checked_others and point.get("seed") in checked_seeds:
+                continue
+            checked_others.add(others)
+            checked_seeds.add(point.get("seed"))
+            try:
+                validate(self.point_config(point))
+            except UserError as err:
+                where = ",".join(f"{k}={v}" for k, v in point.items())
+                raise UserError(f"{err} ({self.name} at {where}" + (f", with --override {' '.join(self.overrides)})" if self.overrides else ")")) from None
+            except Exception as err:  # a value of the wrong type for its setting
+                raise UserError(f"{self.name}: {one_line(err)}") from None
 
     def seeds_together(self) -> list[str]:
         """Overrides that turn the seed axis into one job per point training every seed together
@@ -82,28 +176,35 @@ class Sweep:
         return [f"seed={seeds[0]}", f"train.instances={len(seeds)}", f"train.instance_seeds=[{','.join(seeds)}]",
                 f"train.instance_data_seeds=[{','.join(data)}]"]
 
+    def job_overrides(self, together: bool) -> list[str]:
+        """The extra overrides as passed to the multirun: the sweep directory is set by ``launch``, and
+        with seeds together the seed axis is in ``seeds_together``."""
+        dropped = {SWEEP_DIR_KEY, *(("seed",) if together else ())}
+        return [item for item in self.overrides if override_key(item) not in dropped]
 
-def launch(sweep: Sweep, launcher: str = "joblib", jobs: int = 2, extra: tuple[str, ...] = (), fresh: bool = True,
+
+def launch(sweep: Sweep, launcher: str | None = "joblib", jobs: int = 2, fresh: bool = True,
            log=print, seeds_together: bool = False) -> tuple[int, float]:
     """Run the sweep as a Hydra multirun in a subprocess; returns (exit code, seconds).
 
     ``fresh`` empties the sweep directory first, so a table never mixes two invocations.
     ``seeds_together``: one job per point of the other axes trains all its seeds (``Sweep.seeds_together``).
-    A failing job does not raise here: the aggregator reports it by name.
+    A failing job fails alone (its summary.json says why) and the others go on; the exit
+    code only says that something failed: the aggregator reads each job's summary.
     """
     if fresh and sweep.sweep_dir.exists():
         shutil.rmtree(sweep.sweep_dir)
     together = sweep.seeds_together() if seeds_together else []
     job_count = len(sweep.points) // (len(sweep.axes["seed"]) if together else 1)
-    cmd = [sys.executable, "-m", "toybigram.train", "-m", f"+experiment={sweep.name}", f"hydra.sweep.dir={sweep.sweep_dir}"]
+    cmd = [sys.executable, "-m", "toybigram.train", "-m", f"+experiment={sweep.name}", f"{SWEEP_DIR_KEY}={sweep.sweep_dir}",
+           JOB_PROGRESS]
     if launcher:
         cmd.append(f"hydra/launcher={launcher}")
         if launcher == "joblib":
             cmd.append(f"hydra.launcher.n_jobs={jobs}")
     cmd.extend(together)
-    cmd.extend(extra)
+    cmd.extend(sweep.job_overrides(bool(together)))
     env = dict(os.environ)
-    env.setdefault("CI", "true")
     parallel = min(jobs, job_count)
     if launcher in ("joblib", "submitit_local") and parallel > 1:
         # the cores shared among the jobs that run at once: jobs x threads must not oversubscribe the CPU

@@ -26,28 +26,20 @@ def measure() -> str:
     from toybigram.build import validate
     from toybigram.cli import compose
     from toybigram.evaluation import evaluate
-    from toybigram.train import build_run, training_loss
+    from toybigram.train import TrainingStep, build_run
 
     cpu = torch.device("cpu")
 
     def build(overrides):
         cfg = compose("train", overrides)
         chain, spec = validate(cfg)
-        return cfg, build_run(cfg, chain, spec, cpu)
+        run = build_run(cfg, chain, spec, cpu)
+        return run, TrainingStep([run], [cfg.optim], cfg.train, cfg.data.seq_len)
 
-    def step(cfg, run):
-        batch = run.sampler.sample(cfg.train.batch_size, cfg.data.seq_len)
-        loss = training_loss(run.model(batch.inputs), batch, cfg.train.loss)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        loss.item()
-
-    small = build(["model.d_model=64", "data.seq_len=64", "train.batch_size=32"])
-    large = build(["model.d_model=128", "data.seq_len=128", "optim=sgd", "train.loss=incontext", "train.eval_batch_size=512"])
-    run = large[1]
-    a = time_median(lambda: step(*small), cpu, 30, 5)[0]
-    b = time_median(lambda: step(*large), cpu, 8, 2)[0]
+    small = build(["model.d_model=64", "data.seq_len=64", "train.batch_size=32"])[1]
+    run, large = build(["model.d_model=128", "data.seq_len=128", "optim=sgd", "train.loss=incontext", "train.eval_batch_size=512"])
+    a = time_median(lambda: small(0), cpu, 30, 5)[0]
+    b = time_median(lambda: large(0), cpu, 8, 2)[0]
     c = time_median(lambda: evaluate(run.model, run.eval_batch, run.eval_bayes, run.transition, run.fixed_triggers), cpu, 3, 1)[0]
     return f"d64 step {1e3 * a:5.1f} ms   d128 step {1e3 * b:5.1f} ms   eval 512x128 {1e3 * c:5.0f} ms"
 

@@ -155,7 +155,7 @@ def model_steps(args) -> dict:
     from toybigram.bench import time_interleaved
     from toybigram.cli import compose
     from toybigram.build import apply_threads, validate
-    from toybigram.train import build_run, training_loss
+    from toybigram.train import TrainingStep, build_run
 
     cfg = compose("train", [
         f"model.d_model={args.d_model}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
@@ -186,12 +186,10 @@ def model_steps(args) -> dict:
         reference_optimizer.step()
         loss.item()
 
+    our_training_step = TrainingStep([ours], [cfg.optim], cfg.train, args.seq_len)
+
     def our_step() -> None:
-        loss = training_loss(ours.model(batch.inputs), batch, "incontext")
-        ours.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ours.optimizer.step()
-        loss.item()
+        our_training_step.update([batch], 0)
 
     reference_s, ours_s = time_interleaved([reference_step, our_step], torch.device("cpu"), args.model_steps, 3)
     return {"reference_model_step_ms": 1e3 * reference_s, "toybigram_model_step_ms": 1e3 * ours_s,

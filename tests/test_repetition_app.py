@@ -73,10 +73,53 @@ def test_study_end_to_end_then_refuses_to_overwrite(tiny_model_dir, tmp_path):
     texts = [json.loads(line) for line in (run_dir / "texts.jsonl").read_text().splitlines()]
     assert sum(t["split"] == "rank" for t in texts) == 3 and sum(t["split"] == "heldout" for t in texts) == 1
     deact = summary["interventions"]["deactivate"]
-    assert [r["k"] for r in deact] == [0, 4] and deact[0]["top"] == 1.0  # unedited held-out prompts loop again
+    assert [(r["k"], r["selection"]) for r in deact] == [(0, "none"), (4, "top"), (4, "random"), (4, "layer"), (4, "bottom")]
+    assert deact[0]["rate"] == 1.0 and deact[0]["effect"] == 0.0  # unedited held-out prompts loop again
+    for row in deact:
+        assert row["rate_lo"] <= row["rate"] <= row["rate_hi"] and row["effect_lo"] <= row["effect"] <= row["effect_hi"]
+    damage = json.loads((run_dir / "effect_vs_damage.json").read_text())
+    assert {(r["experiment"], r["selection"]) for r in damage} == {(e, s) for e in ("deactivate", "activate") for s in ("top", "random", "layer", "bottom")}
+    export_and_draw_figure(run_dir, tmp_path / "figure")
     # a finished run is never overwritten silently
     with pytest.raises(UserError, match="finished run"):
         precheck(cfg_for(tiny_model_dir, run_dir, with_hydra=True))
+    extend_in_a_second_part(tiny_model_dir, run_dir)
+
+
+def extend_in_a_second_part(model_dir: Path, run_dir: Path) -> None:
+    """resume=true overwrite=true on a finished run keeps every finished condition and runs only the new ones."""
+    partial = run_dir / "interventions.partial.jsonl"
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    marked = next(r for r in rows if r["key"] == "deactivate/top/0/4")
+    marked["marker"] = "kept"  # a recomputed row would lose it
+    partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ppl_partial = run_dir / "perplexity.partial.jsonl"
+    ppl_rows = ppl_partial.read_text().splitlines()
+    more = ("intervene.ks=[0,4,8]", "intervene.run_activate=false", "resume=true", "overwrite=true", "figures=false",
+            "perplexity.max_tokens=32")  # another text sample: no perplexity row can be reused
+    precheck(cfg_for(model_dir, run_dir, *more, with_hydra=True))
+    summary = run_study(cfg_for(model_dir, run_dir, *more), run_dir)
+    after = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert after[: len(rows)] == rows and len(after) == len(rows) + 4  # K=8: top, random, layer, bottom
+    table = summary["interventions"]["deactivate"]
+    assert [r["k"] for r in table] == [0, 4, 4, 4, 4, 8, 8, 8, 8] and "activate" not in summary["interventions"]
+    ppl_after = ppl_partial.read_text().splitlines()
+    assert ppl_after[: len(ppl_rows)] == ppl_rows and len(ppl_after) == len(ppl_rows) + 1 + 2 * 8  # unedited, K=4 and 8
+    assert summary["perplexity"]["tokens"] == 30  # 2 windows of 16 tokens, BOS not scored
+
+
+def export_and_draw_figure(run_dir: Path, out: Path) -> None:
+    """The run's tables go to paper-figure tables, and figure 8 draws from those alone."""
+    sys.path.insert(0, str(ROOT / "paper_figures"))
+    import fig8_repetition
+
+    from toybigram.repetition import export
+
+    export.main([str(run_dir), "--data", str(out)])
+    loops = (out / "fig8_repetition_loops.csv").read_text().splitlines()
+    assert loops[0].startswith("experiment,k,selection") and len(loops) == 1 + 2 * 5
+    paths = fig8_repetition.main(["--data", str(out), "--out", str(out)])
+    assert [p.name for p in paths] == ["fig8_repetition.png", "fig8_repetition.pdf"] and all(p.stat().st_size > 0 for p in paths)
 
 
 def test_too_few_texts_then_resume_keeps_them(tiny_model_dir, tmp_path):

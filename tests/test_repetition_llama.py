@@ -242,3 +242,27 @@ def test_planted_repetition_neuron_ranks_first():
     table = heads.table(0.5)
     assert np.asarray(table["induction_mean"]).shape == (3, 4)
     assert all_hooks(model) == 0
+
+
+@pytest.mark.parametrize("make_subject", ["llama", "toy"])
+def test_rows_that_stop_early_leave_the_others_unchanged(make_subject):
+    """Dropping settled rows from the batch (and KV cache) changes neither their prefix nor the other rows."""
+    if make_subject == "llama":
+        subject, lengths = subject_of(tiny_llama(seed=4, dtype=torch.float64)), (6, 4, 6, 3, 6)  # left-padded
+    else:
+        from test_repetition_toy import toy
+
+        subject, lengths = toy(), (6,) * 5  # the toy model takes no padding
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 20, (n,), generator=g).tolist() for n in lengths]
+    edit = make_edit([1, 7], subject.site_sizes, "set", 0.0, newest_only=True)
+    full = greedy_continue(subject, prompts, 50, batch_size=5, edit=edit)
+    settle = {0: 20, 3: 40}  # rows 0 and 3 stop at the first check at or after these lengths
+
+    def stop(prompt, new):
+        row = prompts.index(list(prompt))
+        return row in settle and len(new) >= settle[row]
+
+    early = greedy_continue(subject, prompts, 50, batch_size=5, edit=edit, stop=stop)
+    assert [len(e) for e in early] == [20, 50, 50, 40, 50]
+    assert all(e == f[: len(e)] for e, f in zip(early, full))

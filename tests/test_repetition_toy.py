@@ -1,6 +1,7 @@
 """The toy subject: neurons are the last layer's ReLU FFN (``blocks.{L-1}.mlp.hook_post``)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,42 @@ def test_toy_capture_runs_on_constructed_loops():
     windows, heads = analysis.capture(subject, texts, 31, 30, batch_size=2)
     assert windows.count == 3 and windows.means().shape == (61, 12)
     assert heads.table(0.5)["induction_mean"].shape == (2, 1)
+
+
+def test_bigram_argmax_cycles_and_token_sources():
+    from toybigram.repetition.toy_loops import bigram_cycles, sources
+
+    transition = np.eye(4)[[1, 2, 1, 3]]  # 0 -> 1 -> 2 -> 1 (period 2), 3 -> 3 (period 1)
+    assert bigram_cycles(transition) == [2, 2, 2, 1]
+    argmax = transition.argmax(1)
+    # after the prefix [3, 0, 2]: 1 is the bigram's argmax after 2; 0 is neither; 2 copies what followed 0 before
+    out = sources([[3, 0, 2, 1, 0, 2]], prefix=3, bigram_argmax=argmax)
+    assert out["bigram_argmax"] == pytest.approx(1 / 3) and out["copy"] == pytest.approx(1.0) and out["copy_available"] == pytest.approx(1 / 3)
+
+
+def test_toy_loops_cli_removes_each_component(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from toybigram.build import make_chain, make_spec
+    from toybigram.checkpoint import save_checkpoint
+    from toybigram.cli import compose
+
+    cfg = compose("train", ["data=dirichlet", "data.vocab_size=12", "data.n_triggers=2", "model.d_model=32", "model.ffn=relu",
+                            "model.d_hidden=8", "model.pos=rpe", "model.init=random"])
+    model = AssociativeTransformer(make_spec(cfg, make_chain(cfg.data)), seed=0)
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", {"model": model.state_dict()}, OmegaConf.to_container(cfg, resolve=True))
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "toybigram.repetition.toy_loops", str(tmp_path / "run"), "--prompts", "4", "--prefix", "8", "--new", "40"]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-800:]
+    saved = json.loads((tmp_path / "run" / "toy_loops.json").read_text())
+    assert list(saved["ablations"]) == ["none", "attn1", "attn2", "ffn", "neurons"]
+    assert all(0 <= r["looping"] <= 1 and r["n"] == 4 for r in saved["ablations"].values())
+    bad = subprocess.run([*command[:4], "--prompts", "0"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --prompts: must be at least 1, got 0"

@@ -38,10 +38,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from toybigram.build import apply_threads, resolve_device, validate
+from toybigram.cli import _first_lines, compose
+from toybigram.config import register_configs
+from toybigram.ensemble import instance_configs
 from toybigram.errors import ConfigError, UserError, exit_with
+from toybigram.evaluation import evaluate
 from toybigram.model import ModelSpec
+from toybigram.runio import dumps, provenance, read_jsonl, write_json
+from toybigram.train import TrainingStep, build_run, train
 
 
 # -- FLOPs -----------------------------------------------------------------------------------
@@ -161,11 +168,6 @@ def _median(values: list[float]) -> float:
 def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_shape: tuple[int, int] = (512, 256),
                   matmul_size: int = 1024, instances: int = 1, e2e_steps: int = 0) -> dict:
     """Measure ``cfg``'s config; returns a JSON-ready dict (see the module docstring)."""
-    from toybigram.build import apply_threads, resolve_device, validate
-    from toybigram.evaluation import evaluate
-    from toybigram.runio import provenance
-    from toybigram.train import build_run, training_loss
-
     chain, spec = validate(cfg)
     if instances < 1:
         raise ConfigError(f"--instances: must be at least 1, got {instances}")
@@ -183,20 +185,16 @@ def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_
     sampler_b, sampler_t = sampler_shape
     sampler_s, _ = time_median(lambda: run.sampler.sample(sampler_b, sampler_t), device, max(3, steps // 2), 1)
 
-    model, optimizer = run.model, run.optimizer
+    model = run.model
     model.train()
     fixed = run.sampler.sample(B, T)
+    training_step = TrainingStep([run], [cfg.optim], cfg.train, T)  # the trainer's own step
 
-    def model_step(batch=None) -> None:
-        batch = batch if batch is not None else fixed
-        loss = training_loss(model(batch.inputs), batch, cfg.train.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()
+    def model_step() -> None:
+        training_step.update([fixed], 0)
 
     model_s, _ = time_median(model_step, device, steps, warmup)
-    loop_s, _ = time_median(lambda: model_step(run.sampler.sample(B, T)), device, steps, warmup)
+    loop_s, _ = time_median(lambda: training_step(0), device, steps, warmup)
     eval_s, _ = time_median(
         lambda: evaluate(model, run.eval_batch, run.eval_bayes, run.transition, run.fixed_triggers), device, max(3, steps // 3), 1
     )
@@ -240,43 +238,19 @@ def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_
 
 def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: int) -> dict:
     """Loop step (sampling included) of ``count`` instances trained together, against one."""
-    from omegaconf import OmegaConf
-
-    from toybigram.data import TriggerSampler
-    from toybigram.ensemble import StackedModels, instance_configs
-    from toybigram.train import build_run, training_loss
-
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     cfg.train.instances = count
-    runs = [build_run(single, chain, spec, device) for single in instance_configs(cfg)]
-    stacked = StackedModels([r.model for r in runs])
-    B, T = cfg.train.batch_size, cfg.data.seq_len
-
-    def step() -> None:
-        batches = TriggerSampler.sample_together([r.sampler for r in runs], B, T)
-        losses = stacked.losses(batches, cfg.train.loss)
-        for r in runs:
-            r.optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        for r in runs:
-            r.optimizer.step()
-        losses.tolist()
-
-    def one_model(run, batch_size: int):
-        def one() -> None:
-            batch = run.sampler.sample(batch_size, T)
-            loss = training_loss(run.model(batch.inputs), batch, cfg.train.loss)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-            loss.item()
-
-        return one
-
+    configs = instance_configs(cfg)
+    runs = [build_run(single, chain, spec, device) for single in configs]
+    T = cfg.data.seq_len
+    together = TrainingStep(runs, [single.optim for single in configs], cfg.train, T)
+    one = TrainingStep(runs[:1], [cfg.optim], cfg.train, T)
     # One model on a count-times batch does the same arithmetic with one set of weights: no way of
     # stacking count models can beat it on this machine, so it is the bound for the ratio.
-    wide = build_run(instance_configs(cfg)[0], chain, spec, device)
-    one_s, together_s, wide_s = time_interleaved([one_model(runs[0], B), step, one_model(wide, count * B)], device, steps, warmup)
+    wide_train = OmegaConf.merge(cfg.train, {"batch_size": count * cfg.train.batch_size})
+    wide = TrainingStep([build_run(configs[0], chain, spec, device)], [cfg.optim], wide_train, T)
+    B = cfg.train.batch_size
+    one_s, together_s, wide_s = time_interleaved([lambda: one(0), lambda: together(0), lambda: wide(0)], device, steps, warmup)
     flops = count * step_flops(spec, B, T)["total"]
     return {"count": count, "loop_step_ms": 1e3 * together_s, "single_loop_step_ms": 1e3 * one_s,
             "achieved_gflops": flops / together_s / 1e9, "single_achieved_gflops": flops / count / one_s / 1e9,
@@ -286,11 +260,6 @@ def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: i
 
 def _bench_end_to_end(cfg: DictConfig, steps: int, instances: int) -> dict:
     """Wall time of real training runs (theory off, checkpoint only at the end) in a temporary directory."""
-    from omegaconf import OmegaConf
-
-    from toybigram.train import train
-
-    from toybigram.runio import read_jsonl
 
     def run(count: int, directory: Path) -> tuple[float, float, float]:
         """Wall seconds of train(), its CPU seconds, and the loop's seconds (first to last metrics row)."""
@@ -387,9 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout only)")
     args = parser.parse_intermixed_args(argv)
 
-    from toybigram import config as _config  # noqa: F401  (registers the training app's configs)
-    from toybigram.cli import compose
-    from toybigram.runio import dumps, write_json
+    register_configs()
 
     try:
         try:
@@ -397,7 +364,6 @@ def main(argv: list[str] | None = None) -> dict:
         except UserError:
             raise
         except Exception as err:  # Hydra/OmegaConf composition errors
-            from toybigram.cli import _first_lines
 
             raise UserError(_first_lines(err)) from None
         if args.matmul_size < 1:

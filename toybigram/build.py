@@ -1,15 +1,25 @@
 """From a config to the objects of a run: chain, sampler, model spec, device. Validates as it goes."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from toybigram.checks import SEED_LIMIT, boolean, choice, integer, number
+from toybigram.checks import seed as check_seed
+from toybigram.config import LOSSES, OPTIMIZERS, PROGRESS_MODES, SCHEDULES
 from toybigram.data import BigramChain, TriggerSampler, build_chain
+from toybigram.data.bigram import chain_vocab_size
+from toybigram.data.sampler import check_trigger_settings, require_trigger_support
 from toybigram.errors import ConfigError, require
+from toybigram.memory import check_memory
 from toybigram.model import ModelSpec
+
+MAX_THREADS_PER_CORE = 4  # more torch threads than this only oversubscribe the cores
+DEVICES = "cpu, cuda, cuda:N or auto"
 
 
 def as_container(cfg: Any) -> dict:
@@ -31,13 +41,15 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device: unknown device {name!r} (choose cpu, cuda, cuda:N or auto)") from None
+        raise ConfigError(f"device: unknown device {name!r} (choose {DEVICES})") from None
     if device.type == "cuda":
         require(torch.cuda.is_available(), "device", f"{name} requested but CUDA is not available")
+        count = torch.cuda.device_count()
+        require(device.index is None or device.index < count, "device", f"{name}: this machine has {count} CUDA device(s)")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     else:
-        require(device.type == "cpu", "device", f"unsupported device {name!r} (choose cpu, cuda, cuda:N or auto)")
+        require(device.type == "cpu", "device", f"unsupported device {name!r} (choose {DEVICES})")
     return device
 
 
@@ -51,10 +63,11 @@ def make_chain(data: DictConfig) -> BigramChain:
     return build_chain(data.source, data.vocab_size, data.dirichlet_alpha, data.chain_seed, data.text_path)
 
 
-def make_spec(cfg: DictConfig, chain: BigramChain) -> ModelSpec:
+def make_spec(cfg: DictConfig, chain: BigramChain | int) -> ModelSpec:
+    """The model spec of ``cfg`` for a chain (or its vocabulary size), validated."""
     m = cfg.model
     spec = ModelSpec(
-        vocab_size=chain.vocab_size,
+        vocab_size=chain if isinstance(chain, int) else chain.vocab_size,
         d_model=m.d_model,
         n_layers=m.n_layers,
         pos=m.pos,
@@ -90,59 +103,98 @@ def data_seeds(data_seed: int) -> tuple[int, int]:
 
 
 def validate(cfg: DictConfig) -> tuple[BigramChain, ModelSpec]:
-    """Check every setting of a training config; raises ConfigError naming the first bad one."""
-    data, train = cfg.data, cfg.train
-    require(data.seq_len > 0, "data.seq_len", f"must be positive, got {data.seq_len}")
-    if data.vocab_size is not None:
-        require(data.vocab_size >= 2, "data.vocab_size", f"must be at least 2, got {data.vocab_size}")
-        require(
-            data.n_triggers <= data.vocab_size,
-            "data.n_triggers",
-            f"{data.n_triggers} triggers exceed the vocabulary size {data.vocab_size}",
-        )
-    chain = make_chain(data)
-    spec = make_spec(cfg, chain)
-    make_sampler(data, chain, torch.device("cpu"), 0)  # validates trigger settings
+    """Check every setting of a training config, then its memory; raises ConfigError naming the first bad one.
+
+    Nothing large is allocated before the memory check: the chain is built last.
+    """
+    device = _check_top_level(cfg)
+    vocab_size = _check_data(cfg.data)
+    spec = make_spec(cfg, vocab_size)
     if spec.pos == "ape" and spec.ape_extension == "error":
         require(
-            data.seq_len <= spec.max_len,
+            cfg.data.seq_len <= spec.max_len,
             "data.seq_len",
-            f"{data.seq_len} exceeds the absolute position table (model.max_len={spec.max_len}); "
+            f"{cfg.data.seq_len} exceeds the absolute position table (model.max_len={spec.max_len}); "
             "raise model.max_len or set model.ape_extension=random or clamp",
         )
-    require(train.steps > 0, "train.steps", f"must be positive, got {train.steps}")
-    require(train.batch_size > 0, "train.batch_size", f"must be positive, got {train.batch_size}")
-    require(train.eval_batch_size > 0, "train.eval_batch_size", f"must be positive, got {train.eval_batch_size}")
-    require(train.eval_every > 0, "train.eval_every", f"must be positive, got {train.eval_every}")
-    require(train.ckpt_every >= 0, "train.ckpt_every", f"must be non-negative, got {train.ckpt_every}")
-    require(train.loss in ("all", "incontext"), "train.loss", f"unknown value {train.loss!r} (choose all or incontext)")
-    require(train.progress in ("auto", "bar", "lines", "none"), "train.progress", f"unknown value {train.progress!r} (choose auto, bar, lines or none)")
-    require(cfg.optim.name in ("adamw", "sgd"), "optim.name", f"unknown optimizer {cfg.optim.name!r} (choose adamw or sgd)")
-    require(cfg.optim.lr > 0, "optim.lr", f"must be positive, got {cfg.optim.lr}")
-    require(cfg.optim.schedule in ("constant", "cosine"), "optim.schedule", f"unknown value {cfg.optim.schedule!r} (choose constant or cosine)")
-    require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be non-negative, got {cfg.optim.warmup_steps}")
-    require(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {cfg.optim.min_lr_ratio}")
-    groups = _trainable_names(spec)
-    for name, step in (train.freeze_until or {}).items():
-        require(name in groups, "train.freeze_until", f"unknown matrix {name!r} (choose from {', '.join(groups)})")
-        require(int(step) >= 0, "train.freeze_until", f"{name}: step must be non-negative, got {step}")
-    resolve_device(cfg.device)
-    require(cfg.get("threads", 0) >= 0, "threads", f"must be non-negative (0 = torch's default), got {cfg.get('threads')}")
-    _validate_instances(train)
+    _check_optim(cfg.optim)
+    _check_train(cfg, spec)
+    check_memory(cfg, spec, device)
+    chain = make_chain(cfg.data)
+    require_trigger_support(chain, cfg.data.n_triggers, cfg.data.trigger_offset)
     return chain, spec
 
 
-def _validate_instances(train: DictConfig) -> None:
+def _check_top_level(cfg: DictConfig) -> torch.device:
+    """seed, data_seed, device and threads (max_memory_gb is checked with the memory estimate, last)."""
+    check_seed(cfg.seed, "seed")
+    check_seed(cfg.data_seed, "data_seed")
+    device = resolve_device(cfg.device)
+    cores = os.cpu_count() or 1
+    integer(cfg.get("threads", 0), "threads", 0, MAX_THREADS_PER_CORE * cores,
+            f" ({MAX_THREADS_PER_CORE} per CPU core of this machine; 0 = torch's default)")
+    return device
+
+
+def _check_data(data: DictConfig) -> int:
+    """Every data setting that needs no chain; returns the vocabulary size N (a text source's file is read)."""
+    vocab_size = chain_vocab_size(data.source, data.vocab_size, data.dirichlet_alpha, data.chain_seed, data.text_path)
+    integer(data.seq_len, "data.seq_len", 1)
+    check_trigger_settings(vocab_size, data.n_triggers, data.triggers, data.trigger_offset, data.outputs,
+                           data.exclude_trigger_output)
+    return vocab_size
+
+
+def _check_optim(optim: DictConfig) -> None:
+    choice(optim.name, "optim.name", OPTIMIZERS)
+    number(optim.lr, "optim.lr", above=0)  # huge but finite rates are allowed: training stops as diverged
+    for name in ("momentum", "beta1", "beta2"):
+        number(optim[name], f"optim.{name}", at_least=0, below=1)
+    number(optim.weight_decay, "optim.weight_decay", at_least=0)
+    choice(optim.schedule, "optim.schedule", SCHEDULES)
+    integer(optim.warmup_steps, "optim.warmup_steps", 0)
+    number(optim.min_lr_ratio, "optim.min_lr_ratio", at_least=0, at_most=1)
+
+
+def _check_train(cfg: DictConfig, spec: ModelSpec) -> None:
+    train = cfg.train
+    for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+        integer(train[name], f"train.{name}", 1)
+    integer(train.ckpt_every, "train.ckpt_every", 0)
+    choice(train.loss, "train.loss", LOSSES)
+    choice(train.progress, "train.progress", PROGRESS_MODES)
+    for name in ("resume", "overwrite", "theory"):
+        boolean(train[name], f"train.{name}")
+    no_triggers = cfg.data.n_triggers == 0
+    require(not (no_triggers and train.loss == "incontext"), "train.loss",
+            "incontext needs triggers (no target is in-context without them): set data.n_triggers >= 1 or train.loss=all")
+    require(not (no_triggers and train.theory), "train.theory",
+            "the theory analysis compares in-context predictions, which need triggers: "
+            "set train.theory=false or data.n_triggers >= 1")
+    groups = _trainable_names(spec)
+    for name, step in (train.freeze_until or {}).items():
+        choice(name, "train.freeze_until", groups)
+        integer(step, f"train.freeze_until.{name}", 0)
+    _check_instances(cfg)
+
+
+def _check_instances(cfg: DictConfig) -> None:
     """train.instances and the per-instance lists (seeds trained together, toybigram.ensemble)."""
-    instances = train.get("instances", 1)
-    require(instances >= 1, "train.instances", f"must be at least 1, got {instances}")
+    train = cfg.train
+    instances = integer(train.get("instances", 1), "train.instances", 1)
     for key in ("instance_seeds", "instance_data_seeds", "instance_lrs"):
         values = train.get(key)
         if values is not None:
             require(len(values) == instances, f"train.{key}", f"needs one value per instance (train.instances={instances}), got {len(values)}")
+    for key, first in (("instance_seeds", "seed"), ("instance_data_seeds", "data_seed")):
+        values = train.get(key)
+        if values is None:  # instance i takes seed + i
+            require(cfg[first] + instances - 1 < SEED_LIMIT, "train.instances",
+                    f"{first} + train.instances - 1 must stay below 2**63, got {cfg[first]} + {instances} - 1")
+        for value in values or []:
+            check_seed(value, f"train.{key}")
     for lr in train.get("instance_lrs") or []:
-        require(lr > 0, "train.instance_lrs", f"learning rates must be positive, got {lr}")
-    require(not (instances > 1 and train.resume), "train.resume", "not supported with train.instances > 1; resume an instance's directory as a single run")
+        number(lr, "train.instance_lrs", above=0)
 
 
 def _trainable_names(spec: ModelSpec) -> list[str]:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import DIVERGED_EXIT_CODE, INTERRUPT_EXIT_CODE, USAGE_EXIT_CODE, UserError, exit_with
+from toybigram.rundir import DIVERGED, FAILED, read_summary, run_status, write_failed_summary
+from toybigram.runio import SUMMARY_FILE
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
@@ -50,7 +54,9 @@ def run_app(
     """Run ``task`` as a Hydra app named ``config_name``.
 
     ``precheck(cfg)`` validates a composed config (before Hydra writes anything) and
-    raises UserError on bad input. In multirun each job is checked when it starts.
+    raises UserError on bad input. In a multirun each job is checked when it starts; a
+    job whose settings are refused fails alone (its summary.json says why) and the sweep
+    goes on; the sweep's exit code then says that some job failed (2) or diverged (3).
     """
     import hydra
 
@@ -66,22 +72,88 @@ def run_app(
         except Exception as err:  # Hydra/OmegaConf composition errors: unknown keys, bad types
             exit_with(_first_lines(err))
         if precheck is not None:
-            try:
+            with user_errors():
                 precheck(cfg)
-            except UserError as err:
-                exit_with(err)
 
     @hydra.main(version_base=None, config_path=CONF_DIR, config_name=config_name)
     def _main(cfg: DictConfig):
         try:
-            if precheck is not None and is_multirun:
-                precheck(cfg)
-            return task(cfg)
-        except UserError as err:
-            _log_to_job_file(f"error: {err}")  # a sweep's aggregator quotes it from there
-            exit_with(err)
+            with user_errors(job_file=True):
+                if precheck is not None and is_multirun:
+                    precheck(cfg)
+                return task(cfg)
+        except SystemExit as stop:
+            if not is_multirun or stop.code != USAGE_EXIT_CODE:
+                raise
+            _fail_job(cfg)  # the error line is out; the other jobs go on
 
+    SWEEP_OUTCOME.clear()
     _main()
+    if is_multirun and SWEEP_OUTCOME:
+        codes = set(SWEEP_OUTCOME.values())
+        sys.exit(USAGE_EXIT_CODE if USAGE_EXIT_CODE in codes else DIVERGED_EXIT_CODE)
+
+
+@contextmanager
+def user_errors(job_file: bool = False) -> Iterator[None]:
+    """Turn user errors, file-system errors and Ctrl-C into one line and an exit code, without a traceback."""
+    try:
+        yield
+    except UserError as err:
+        _report(f"error: {err}", job_file)
+        exit_with(err)
+    except OSError as err:  # a full disk, a read-only directory, a file where a directory should be
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}{err.strerror or err}"
+        _report(f"error: {message}", job_file)
+        exit_with(message)
+    except KeyboardInterrupt:
+        exit_with("interrupted", INTERRUPT_EXIT_CODE)
+
+
+LAST_ERROR: list[str] = []
+
+
+def _report(message: str, job_file: bool) -> None:
+    LAST_ERROR[:] = [message]
+    if job_file:
+        _log_to_job_file(message)  # a sweep's aggregator quotes it from there
+
+
+def _fail_job(cfg: DictConfig) -> None:
+    """Mark a refused sweep job as failed in its own directory (never over another run's files)."""
+    from hydra.core.hydra_config import HydraConfig  # only inside a Hydra job
+
+    error = LAST_ERROR[0].removeprefix("error: ") if LAST_ERROR else "refused"
+    try:
+        settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    except Exception:  # settings that do not even resolve are recorded as given
+        settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False)
+    write_failed_summary(Path(HydraConfig.get().runtime.output_dir), error, settings)
+
+
+SWEEP_OUTCOME: dict[str, int] = {}  # run directory -> exit code, for the jobs of a multirun that did not finish
+
+
+class SweepOutcome(Callback):
+    """At the end of a multirun, note the jobs that failed or diverged (read from their summary.json)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        for path in sorted(sweep_dir.rglob(SUMMARY_FILE)) if sweep_dir.is_dir() else []:
+            status = run_status(read_summary(path.parent))
+            if status in EXIT_CODES:
+                SWEEP_OUTCOME[str(path.parent)] = EXIT_CODES[status]
+        if SWEEP_OUTCOME:
+            failed = ", ".join(f"{Path(d).relative_to(sweep_dir)} ({status_name(c)})" for d, c in SWEEP_OUTCOME.items())
+            sys.stderr.write(f"error: {len(SWEEP_OUTCOME)} job(s) did not finish in {sweep_dir}: {failed}\n")
+
+
+EXIT_CODES = {FAILED: USAGE_EXIT_CODE, DIVERGED: DIVERGED_EXIT_CODE}
+
+
+def status_name(code: int) -> str:
+    return FAILED if code == USAGE_EXIT_CODE else DIVERGED
 
 
 def _log_to_job_file(message: str) -> None:

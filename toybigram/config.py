@@ -10,6 +10,13 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+# Choices of the string settings not defined by the modules that use them (data and model
+# choices live in toybigram.data and toybigram.model, devices in toybigram.build).
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+LOSSES = ("all", "incontext")
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
 
 @dataclass
 class DataConfig:
@@ -95,6 +102,9 @@ class TrainAppConfig:
     data_seed: int = 0  # training stream and held-out batch
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     threads: int = 0  # CPU threads for torch; 0 = torch's default (one per core). 1 is fastest when processes share the cores
+    # Refuse a run whose estimated peak memory exceeds this many GB (1e9 bytes); None = half the
+    # machine's RAM (on CUDA, 90% of the GPU's memory). See toybigram.memory.
+    max_memory_gb: Optional[float] = None
 
 
 def register_configs() -> None:

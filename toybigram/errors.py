@@ -5,6 +5,8 @@ import sys
 from typing import NoReturn
 
 USAGE_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 3  # training stopped on a non-finite loss or parameter
+INTERRUPT_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class UserError(ValueError):
@@ -15,12 +17,12 @@ class ConfigError(UserError):
     """An invalid configuration value; the message names the setting and says why."""
 
 
-def exit_with(error: BaseException | str) -> NoReturn:
-    """Print ``error: <message>`` on stderr and exit with code 2."""
+def exit_with(error: BaseException | str, code: int = USAGE_EXIT_CODE) -> NoReturn:
+    """Print ``error: <message>`` on stderr as one line and exit with ``code`` (2: bad input)."""
     message = str(error).strip().splitlines()
     sys.stderr.write(f"error: {' '.join(line.strip() for line in message if line.strip())}\n")
     sys.stderr.flush()
-    sys.exit(USAGE_EXIT_CODE)
+    sys.exit(code)
 
 
 def require(condition: bool, setting: str, why: str) -> None:

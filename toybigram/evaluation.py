@@ -19,6 +19,18 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none").view(targets.shape)
 
 
+def training_loss(logits: torch.Tensor, batch: Batch, loss_on: str) -> torch.Tensor:
+    """Mean cross-entropy over a batch's (B, T) targets; one per instance for stacked (S, B, T) batches.
+
+    ``loss_on`` is ``all`` (every target) or ``incontext`` (targets with label >= 2 only).
+    """
+    losses = token_losses(logits, batch.targets)
+    if loss_on == "incontext":
+        mask = class_mask(batch.labels, "incontext")
+        return (losses * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1)
+    return losses.mean((-2, -1))
+
+
 def split_metrics(logits: torch.Tensor, batch: Batch, bayes: torch.Tensor) -> dict[str, float]:
     """loss_*, acc_*, bayes_loss_*, gap_* for the classes global (label 0), first (1), incontext (>= 2)."""
     losses = token_losses(logits, batch.targets)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toybigram.checks import boolean, choice, integer, number
 from toybigram.errors import ConfigError, require
 from toybigram.hooks import HookedModule, HookPoint
 
@@ -58,8 +59,9 @@ class ModelSpec:
     dtype: str = "float32"
 
     def validate(self) -> "ModelSpec":
-        require(self.vocab_size >= 2, "data.vocab_size", f"must be at least 2, got {self.vocab_size}")
-        require(self.d_model > 0, "model.d_model", f"must be positive, got {self.d_model}")
+        """Check every field (ConfigError naming the setting); returns self. Sizes' upper bounds are the memory budget's."""
+        integer(self.vocab_size, "data.vocab_size", 2)
+        integer(self.d_model, "model.d_model", 1)
         require(self.n_layers in (2, 3), "model.n_layers", f"must be 2 or 3, got {self.n_layers}")
         for setting, value, choices in (
             ("model.pos", self.pos, POSITIONAL_ENCODINGS),
@@ -68,15 +70,19 @@ class ModelSpec:
             ("model.init", self.init, INITS),
             ("model.dtype", self.dtype, tuple(DTYPES)),
         ):
-            require(value in choices, setting, f"unknown value {value!r} (choose {', '.join(choices)})")
+            choice(value, setting, choices)
         require(
             self.pos != "nope" or self.n_layers >= 3,
             "model.pos",
             "nope needs model.n_layers=3 (the causal mask must first be turned into a position signal)",
         )
         require(self.pos != "rope" or self.d_model % 2 == 0, "model.d_model", "must be even for rope")
-        require(self.max_len > 0, "model.max_len", f"must be positive, got {self.max_len}")
-        require(self.ffn != "relu" or self.d_hidden > 0, "model.d_hidden", f"must be positive, got {self.d_hidden}")
+        integer(self.max_len, "model.max_len", 1)
+        integer(self.d_hidden, "model.d_hidden", 1)
+        boolean(self.scale_scores, "model.scale_scores")
+        # Rotary frequencies base^(-2i/d) must fall from 1 with i: base 1 rotates every pair alike,
+        # a base below 1 inverts the ladder, and 0 or a negative base gives inf or nan angles.
+        number(self.rope_base, "model.rope_base", above=1)
         return self
 
 

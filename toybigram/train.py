@@ -5,38 +5,43 @@
     python -m toybigram.train -m seed=0,1,2         # a Hydra multirun
     python -m toybigram.train train.instances=8     # 8 seeds trained together in one process
 
-Each run directory gets metrics.jsonl (one row per evaluation), checkpoint.pt and,
-when the run has finished, summary.json.
+Each run directory gets metrics.jsonl (one row per evaluation), checkpoint.pt and, when
+training has finished (or diverged), summary.json. One loop trains S >= 1 runs: a single
+run calls its model directly, several instances share one vmapped step (toybigram.ensemble).
+Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint and prints the command
+that resumes; a non-finite loss or parameter stops the run as diverged (exit code 3).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import shutil
+import shlex
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from toybigram import config as _config  # noqa: F401  (registers the structured configs)
-from toybigram.build import apply_threads, as_container, data_seeds, make_sampler, resolve_device, validate
-from toybigram.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from toybigram.data import Batch, TriggerSampler
-from toybigram.evaluation import class_mask, evaluate, token_losses
+from toybigram.build import apply_threads, data_seeds, make_sampler, resolve_device, validate
+from toybigram.config import register_configs
+from toybigram.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_run, save_checkpoint
+from toybigram.data import Batch, BigramChain, TriggerSampler
+from toybigram.ensemble import ENSEMBLE_FILE, StackedModels, run_layout
+from toybigram.errors import DIVERGED_EXIT_CODE, UserError
+from toybigram.evaluation import evaluate, training_loss
 from toybigram.model import AssociativeTransformer
-from toybigram.errors import UserError
-from toybigram.runio import METRICS_FILE, SUMMARY_FILE, append_jsonl, provenance, read_jsonl, write_json, write_jsonl
+from toybigram.rundir import DIVERGED, FINISHED, check_run_dir, prepare_run_dir, read_summary, run_settings
+from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, append_jsonl, atomic_write_text, provenance, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger("toybigram.train")
 TIMING_KEYS = ("elapsed_seconds",)
-# Settings that may change when a run is resumed; everything else must match the checkpoint.
-RESUMABLE_SETTINGS = {("train", "steps"), ("train", "resume"), ("train", "progress"), ("train", "overwrite"), ("train", "theory"),
-                      # instance settings: resume needs train.instances=1 anyway (older checkpoints lack them)
-                      ("train", "instances"), ("train", "instance_seeds"), ("train", "instance_data_seeds"), ("train", "instance_lrs")}
+BLOWUP_FACTOR = 100
+PROGRESS_SECONDS = 10.0  # longest silence between progress lines when the output is not a terminal
 
 
 def make_optimizer(model: AssociativeTransformer, optim: DictConfig) -> torch.optim.Optimizer:
@@ -57,86 +62,27 @@ def learning_rate(optim: DictConfig, step: int, total: int) -> float:
     return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def training_loss(logits: torch.Tensor, batch, loss_on: str) -> torch.Tensor:
-    """Mean cross-entropy over a batch's (B, T) targets; one per instance for stacked (S, B, T) batches."""
-    losses = token_losses(logits, batch.targets)
-    if loss_on == "incontext":
-        mask = class_mask(batch.labels, "incontext")
-        return (losses * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1)
-    return losses.mean((-2, -1))
-
-
-def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to clobber a run, or to resume one that is not there or does not match."""
-    summary, checkpoint = run_dir / SUMMARY_FILE, run_dir / CHECKPOINT_FILE
-    if cfg.train.resume:
-        if not checkpoint.is_file():
-            raise UserError(f"train.resume: no checkpoint to resume in {run_dir} (set hydra.run.dir to the run's directory)")
-        saved = load_checkpoint(checkpoint)
-        mismatched = [
-            f"{group}.{key}"
-            for group, values in as_container(cfg).items() if isinstance(values, dict)
-            for key, value in values.items()
-            if (group, key) not in RESUMABLE_SETTINGS and saved["config"].get(group, {}).get(key) != value
-        ] + [key for key in ("seed", "data_seed") if saved["config"].get(key) != cfg[key]]
-        if mismatched:
-            raise UserError(f"train.resume: settings differ from the checkpoint in {run_dir}: {', '.join(mismatched)}")
-        if saved["step"] >= cfg.train.steps and summary.is_file():
-            raise UserError(f"train.resume: the run in {run_dir} already finished {saved['step']} steps; raise train.steps to continue")
-    elif not cfg.train.overwrite and (summary.is_file() or checkpoint.is_file()):
-        state = "a finished run" if summary.is_file() else "an interrupted run"
-        raise UserError(
-            f"{run_dir} already holds {state}; choose another hydra.run.dir, "
-            "continue it with train.resume=true, or start over with train.overwrite=true"
-        )
-
-
 def precheck(cfg: DictConfig) -> None:
     """Everything that can be checked before Hydra writes the run directory."""
     validate(cfg)
     run_dir = cfg.get("hydra", {}).get("run", {}).get("dir")
-    if run_dir and cfg.train.instances > 1:
-        from toybigram.ensemble import check_instance_dirs
-
-        check_instance_dirs(cfg, Path(run_dir))
-    elif run_dir:
-        check_run_dir(cfg, Path(run_dir))
+    if run_dir:
+        check_layout(cfg, Path(run_dir))
 
 
-class Progress:
-    """A tqdm bar on a terminal, plain log lines otherwise (CI, files)."""
-
-    def __init__(self, mode: str, total: int, initial: int):
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() and not os.environ.get("CI") else "lines"
-        self.mode, self.bar = mode, None
-        if mode == "bar":
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def report(self, row: dict) -> None:
-        text = (
-            f"step {row['step']:>6} | train loss {row['train_loss'] if row['train_loss'] is not None else float('nan'):.4f} "
-            f"| global {fmt(row['loss_global'])} (bayes {fmt(row['bayes_loss_global'])}) "
-            f"| in-context acc {fmt(row['acc_incontext'])} loss {fmt(row['loss_incontext'])}"
-        )
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"ic acc {fmt(row['acc_incontext'], 3)} gap {fmt(row['gap_global'], 3)}")
-        elif self.mode == "lines":
-            log.info(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def check_layout(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """Check every run directory the config writes (UserError on a clash); returns what each run will do."""
+    layout = run_layout(cfg, run_dir)
+    actions = [check_run_dir(single, directory) for single, directory in layout]
+    if cfg.train.resume and len(layout) > 1:
+        steps = {load_checkpoint(directory / CHECKPOINT_FILE, setting="train.resume")["step"] for _, directory in layout}
+        if len(set(actions)) > 1 or len(steps) > 1:
+            raise UserError(f"train.resume: the instances in {run_dir} stopped at different points (steps {sorted(steps)}); "
+                            "resume each instance{i}/ directory as a single run")
+    return actions
 
 
-def fmt(value, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+# -- one step for S >= 1 runs ----------------------------------------------------------------
 
 
 @dataclass
@@ -177,15 +123,6 @@ def build_run(cfg: DictConfig, chain, spec, device: torch.device) -> RunParts:
     )
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Create the run directory; with train.overwrite, clear a previous run's files."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.train.overwrite and not cfg.train.resume:
-        for name in (SUMMARY_FILE, CHECKPOINT_FILE, METRICS_FILE, "theory.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "theory", ignore_errors=True)
-
-
 def drop_frozen_gradients(parts: RunParts, step: int) -> None:
     """Matrices still frozen by ``train.freeze_until`` lose their gradient: no update, momentum or decay."""
     for name, until in parts.freeze_until.items():
@@ -194,138 +131,389 @@ def drop_frozen_gradients(parts: RunParts, step: int) -> None:
                 p.grad = None
 
 
-def evaluation_row(parts: RunParts, step: int, loss_sum: float, loss_count: int, start: float) -> dict:
-    """One metrics.jsonl row: mean training loss since the last row, then everything ``evaluate`` logs."""
-    row = {"step": step, "train_loss": loss_sum / loss_count if loss_count else None}
-    row.update(evaluate(parts.model, parts.eval_batch, parts.eval_bayes, parts.transition, parts.fixed_triggers))
-    row["elapsed_seconds"] = time.perf_counter() - start
-    return row
+class TrainingStep:
+    """One optimisation step of S >= 1 runs, each on its own batch with its own optimizer.
+
+    A single run calls its model directly; several run as one model vmapped over their
+    stacked weights. Runs in ``skip`` (diverged ones) compute but do not update.
+    """
+
+    def __init__(self, parts: list[RunParts], optims: list[DictConfig], train: DictConfig, seq_len: int):
+        self.parts, self.optims, self.train, self.seq_len = parts, optims, train, seq_len
+        self.stacked = StackedModels([p.model for p in parts]) if len(parts) > 1 else None
+
+    def batches(self) -> list[Batch]:
+        if self.stacked is None:
+            return [self.parts[0].sampler.sample(self.train.batch_size, self.seq_len)]
+        return TriggerSampler.sample_together([p.sampler for p in self.parts], self.train.batch_size, self.seq_len)
+
+    def losses(self, batches: list[Batch]) -> torch.Tensor:
+        if self.stacked is None:
+            return training_loss(self.parts[0].model(batches[0].inputs), batches[0], self.train.loss).reshape(1)
+        return self.stacked.losses(batches, self.train.loss)
+
+    def __call__(self, step: int, skip: frozenset[int] = frozenset()) -> list[float]:
+        """Update ``step`` (0-based) of every run on fresh batches; returns each run's training loss."""
+        return self.update(self.batches(), step, skip)
+
+    def update(self, batches: list[Batch], step: int, skip: frozenset[int] = frozenset()) -> list[float]:
+        """Update ``step`` of every run on the given batches (one per run)."""
+        for optim, parts in zip(self.optims, self.parts):
+            for group in parts.optimizer.param_groups:
+                group["lr"] = learning_rate(optim, step, self.train.steps)
+        losses = self.losses(batches)
+        for parts in self.parts:
+            parts.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # run i's loss reaches only run i's parameters
+        for i, parts in enumerate(self.parts):
+            if i not in skip:
+                drop_frozen_gradients(parts, step)
+                parts.optimizer.step()
+        return losses.tolist()
 
 
-def save_run_checkpoint(run_dir: Path, parts: RunParts, step: int, loss_sum: float, loss_count: int, config: dict) -> None:
-    save_checkpoint(
-        run_dir / CHECKPOINT_FILE,
-        {
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "sampler_rng": parts.sampler.get_state().cpu(),
-            "step": step,
-            "loss_sum": loss_sum,
-            "loss_count": loss_count,
-        },
-        config,
-    )
+def parameters_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def finish_run(cfg: DictConfig, run_dir: Path, parts: RunParts, chain, row: dict, step: int, start: float,
-               step_seconds: list[float], config: dict) -> dict:
-    """Write summary.json (after the optional theory analysis) and return the summary."""
-    fixed_triggers = parts.fixed_triggers
-    summary = {
-        **{k: v for k, v in row.items() if k not in TIMING_KEYS},
+# -- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """One run in the loop: its config, directory and objects, and what it has accumulated."""
+
+    cfg: DictConfig
+    run_dir: Path
+    parts: RunParts
+    settings: dict
+    chain: BigramChain
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    wall_before: float = 0.0  # seconds spent by earlier processes (a resumed run)
+    row: dict | None = None
+    diverged_at: int | None = None
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    def record(self, step: int, start: float) -> dict:
+        """Evaluate, append one metrics.jsonl row and reset the training-loss average."""
+        parts = self.parts
+        row = {"step": step, "train_loss": self.loss_sum / self.loss_count if self.loss_count else None}
+        row.update(evaluate(parts.model, parts.eval_batch, parts.eval_bayes, parts.transition, parts.fixed_triggers))
+        row["elapsed_seconds"] = self.wall_before + time.perf_counter() - start
+        append_jsonl(self.metrics_path, row)
+        self.loss_sum, self.loss_count, self.row = 0.0, 0, row
+        return row
+
+    def save_checkpoint(self, step: int, start: float) -> None:
+        save_checkpoint(
+            self.run_dir / CHECKPOINT_FILE,
+            {
+                "model": self.parts.model.state_dict(),
+                "optimizer": self.parts.optimizer.state_dict(),
+                "sampler_rng": self.parts.sampler.get_state().cpu(),
+                "step": step,
+                "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count,
+                "wall_seconds": self.wall_before + time.perf_counter() - start,
+            },
+            self.settings,
+        )
+
+    def restore(self) -> int:
+        """Load the checkpoint and keep the metrics rows it covers; returns its step."""
+        parts = self.parts
+        state = load_checkpoint(self.run_dir / CHECKPOINT_FILE, parts.device, setting="train.resume")
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        rng = state["sampler_rng"]
+        parts.sampler.set_state(rng.cpu() if parts.device.type == "cpu" else rng)
+        step = state["step"]
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.wall_before = state.get("wall_seconds", 0.0)
+        rows = [r for r in read_jsonl(self.metrics_path) if r["step"] <= step] if self.metrics_path.is_file() else []
+        write_jsonl(self.metrics_path, rows)  # drop rows written after the checkpoint
+        self.row = rows[-1] if rows and rows[-1]["step"] == step else None
+        return step
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal at a step boundary, with a checkpoint saved."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.step, self.exit_code = step, 128 + signum
+
+
+class StopRequest:
+    """Within the block, SIGINT and SIGTERM ask the loop to stop at the next step boundary.
+
+    A second Ctrl-C stops at once. Signal handlers can only be set from the main thread;
+    elsewhere the block does nothing.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a log line per evaluation and at least every PROGRESS_SECONDS."""
+
+    def __init__(self, mode: str, total: int, initial: int):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() and not os.environ.get("CI") else "lines"
+        self.mode, self.bar, self.total = mode, None, total
+        self.last_line = time.perf_counter()
+        if mode == "bar":
+            from tqdm.auto import tqdm  # deferred: only a terminal needs it
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def step(self, step: int, step_seconds: list[float]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.mode == "lines" and time.perf_counter() - self.last_line > PROGRESS_SECONDS:
+            recent = step_seconds[-50:]
+            log.info("step %6d / %d  (%.1f ms/step)", step, self.total, 1e3 * sum(recent) / len(recent))
+            self.last_line = time.perf_counter()
+
+    def report(self, row: dict) -> None:
+        text = (
+            f"step {row['step']:>6} | train loss {fmt(row['train_loss'])} "
+            f"| global {fmt(row['loss_global'])} (bayes {fmt(row['bayes_loss_global'])}) "
+            f"| in-context acc {fmt(row['acc_incontext'])} loss {fmt(row['loss_incontext'])}"
+        )
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"ic acc {fmt(row['acc_incontext'], 3)} gap {fmt(row['gap_global'], 3)}")
+        elif self.mode == "lines":
+            log.info(text)
+            self.last_line = time.perf_counter()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def start_runs(cfg: DictConfig, run_dir: Path, actions: list[str], chain, spec) -> tuple[list[RunState], int]:
+    """Build every run of ``cfg``, prepare its directory and restore it when resuming; returns (runs, step)."""
+    device = resolve_device(cfg.device)
+    runs, step = [], 0
+    for (single, directory), action in zip(run_layout(cfg, run_dir), actions):
+        prepare_run_dir(directory, single.train.overwrite, single.train.resume)
+        run = RunState(single, directory, build_run(single, chain, spec, device), run_settings(single), chain)
+        if action == "new":
+            write_jsonl(run.metrics_path, [])
+            if cfg.train.instances > 1:  # what a separate run's .hydra/config.yaml holds
+                atomic_write_text(directory / INSTANCE_CONFIG_FILE, OmegaConf.to_yaml(single))
+        else:
+            step = run.restore()
+            log.info("resumed %s at step %d", directory, step)
+        runs.append(run)
+    return runs, step
+
+
+def divergence(run: RunState, loss: float) -> str | None:
+    """Why the run has diverged, or None: a non-finite loss or parameter, or a loss that blew up.
+
+    A model that predicts uniformly pays log N nats; a training loss above
+    BLOWUP_FACTOR x log N means the updates have left any useful region.
+    """
+    if not math.isfinite(loss):
+        return "non-finite training loss"
+    if not parameters_finite(run.parts.model):
+        return "non-finite parameter"
+    if loss > BLOWUP_FACTOR * math.log(run.chain.vocab_size):
+        return f"training loss {loss:.4g} nats, above {BLOWUP_FACTOR} x log N"
+    return None
+
+
+def train_loop(cfg: DictConfig, runs: list[RunState], step: int, start: float, stop: StopRequest) -> int:
+    """Run updates until train.steps, a signal, or every run diverged; returns the last step."""
+    train_cfg = cfg.train
+    training_step = TrainingStep([r.parts for r in runs], [r.cfg.optim for r in runs], train_cfg, cfg.data.seq_len)
+    progress = Progress(train_cfg.progress, train_cfg.steps, step)
+    if step == 0:
+        progress.report([r.record(step, start) for r in runs][0])
+    for run in runs:
+        run.parts.model.train()
+    try:
+        while step < train_cfg.steps and stop.signum is None:
+            tick = time.perf_counter()
+            diverged = frozenset(i for i, r in enumerate(runs) if r.diverged_at is not None)
+            losses = training_step(step, diverged)
+            step += 1
+            seconds = time.perf_counter() - tick
+            for i, (run, loss) in enumerate(zip(runs, losses)):
+                if i in diverged:
+                    continue
+                run.loss_sum, run.loss_count = run.loss_sum + loss, run.loss_count + 1
+                run.step_seconds.append(seconds)
+                reason = divergence(run, loss)
+                if reason is not None:
+                    run.diverged_at = step
+                    run.record(step, start)
+                    finish_diverged(run, start, reason)
+            live = [r for r in runs if r.diverged_at is None]
+            if not live:
+                break
+            progress.step(step, live[0].step_seconds)
+            if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+                progress.report([r.record(step, start) for r in live][0])
+            if train_cfg.ckpt_every and step % train_cfg.ckpt_every == 0 and step < train_cfg.steps:
+                for run in live:
+                    run.save_checkpoint(step, start)
+    finally:
+        progress.close()
+    return step
+
+
+# -- finishing ---------------------------------------------------------------------------------
+
+
+def run_summary(run: RunState, status: str, step: int, start: float) -> dict:
+    """The summary.json of a run: last row's figures, timing, seeds, provenance and the resolved config."""
+    chain, fixed = run.chain, run.parts.fixed_triggers
+    if fixed is None:
+        triggers = "random"
+    else:
+        triggers = chain.decode(fixed.tolist()) if chain.alphabet else fixed.tolist()
+    seconds = run.step_seconds
+    return {
+        "status": status,
+        **{k: v for k, v in (run.row or {}).items() if k not in TIMING_KEYS},
         "steps": step,
-        "wall_seconds": time.perf_counter() - start,
-        "step_ms_median": 1e3 * sorted(step_seconds)[len(step_seconds) // 2] if step_seconds else None,
-        "seed": cfg.seed,
-        "data_seed": cfg.data_seed,
+        "wall_seconds": run.wall_before + time.perf_counter() - start,
+        "wall_seconds_this_process": time.perf_counter() - start,
+        "step_ms_median": 1e3 * sorted(seconds)[len(seconds) // 2] if seconds else None,
+        "seed": run.cfg.seed,
+        "data_seed": run.cfg.data_seed,
         "data_source": chain.name,
         "vocab_size": chain.vocab_size,
-        "triggers": chain.decode(fixed_triggers.tolist()) if fixed_triggers is not None and chain.alphabet else
-        (fixed_triggers.tolist() if fixed_triggers is not None else "random"),
-        "run_dir": str(run_dir),
-        **provenance(parts.device, next(parts.model.parameters()).dtype),
-        "config": config,
+        "triggers": triggers,
+        "run_dir": str(run.run_dir),
+        **provenance(run.parts.device, next(run.parts.model.parameters()).dtype),
+        "config": run.settings,
     }
-    if cfg.train.theory:
-        from toybigram.theory import analyze_run
 
-        parts.model.eval()
-        summary["theory"] = analyze_run(run_dir, parts.model, cfg, quick=True)
-    write_json(run_dir / SUMMARY_FILE, summary)  # last: its presence marks a finished run
+
+def finish_diverged(run: RunState, start: float, reason: str) -> None:
+    """summary.json with status diverged, the step and the reason; the model is not analysed."""
+    summary = {**run_summary(run, DIVERGED, run.diverged_at, start), "diverged_at_step": run.diverged_at, "reason": reason}
+    write_json(run.run_dir / SUMMARY_FILE, summary)
+
+
+def add_theory(run_dir: Path, model: AssociativeTransformer, cfg: DictConfig, summary: dict) -> dict:
+    """Run the quick theory analysis of a finished run and add its headline to summary.json (atomically)."""
+    from toybigram.theory import analyze_run  # the theory package builds on this module's run files
+
+    model.eval()
+    summary = {**summary, "theory": analyze_run(run_dir, model, cfg, quick=True)}
+    write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict | list[dict]:
-    """Train one model as ``cfg`` says and write its run directory; returns the summary.
+def finish(runs: list[RunState], step: int, start: float) -> list[dict]:
+    """Final checkpoint, then summary.json (finished) at once, then the theory headline added to it."""
+    live = [r for r in runs if r.diverged_at is None]
+    for run in live:
+        run.save_checkpoint(step, start)
+        if run.row is None or run.row["step"] != step:
+            run.record(step, start)
+        write_json(run.run_dir / SUMMARY_FILE, run_summary(run, FINISHED, step, start))
+    summaries = []
+    for run in runs:
+        summary = read_summary(run.run_dir)
+        if run.diverged_at is None and run.cfg.train.theory:
+            summary = add_theory(run.run_dir, run.parts.model, run.cfg, summary)
+        summaries.append(summary)
+    return summaries
 
-    With ``train.instances > 1`` the instances train together (toybigram.ensemble) and
-    the result is the list of their summaries.
+
+def complete_theory(cfg: DictConfig, run_dir: Path) -> dict:
+    """A finished run whose theory analysis was cut short: run it now."""
+    model, _ = load_run(run_dir)
+    return add_theory(run_dir, model, cfg, read_summary(run_dir))
+
+
+def write_ensemble(run_dir: Path, summaries: list[dict], start: float) -> None:
+    first = summaries[0]
+    write_json(run_dir / ENSEMBLE_FILE, {
+        "instances": len(summaries),
+        "wall_seconds": time.perf_counter() - start,
+        "step_ms_median": first.get("step_ms_median"),
+        "runs": [
+            {"dir": s["run_dir"], "status": s["status"], "seed": s["seed"], "data_seed": s["data_seed"],
+             "lr": s["config"]["optim"]["lr"], "acc_incontext": s.get("acc_incontext"), "loss_global": s.get("loss_global")}
+            for s in summaries
+        ],
+    })
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict | list[dict]:
+    """Train as ``cfg`` says and write the run directory; returns the summary.
+
+    With ``train.instances > 1`` the instances train together and the result is the list
+    of their summaries. Raises Interrupted (checkpoint saved) on SIGINT or SIGTERM.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
     chain, spec = validate(cfg)
     apply_threads(cfg.threads)
-    if cfg.train.instances > 1:
-        from toybigram.ensemble import train_ensemble
-
-        return train_ensemble(cfg, run_dir)
-    check_run_dir(cfg, run_dir)
-    prepare_run_dir(cfg, run_dir)
-    device = resolve_device(cfg.device)
-    config = as_container(cfg)
-    parts = build_run(cfg, chain, spec, device)
-    model, optimizer, sampler = parts.model, parts.optimizer, parts.sampler
-
-    step, loss_sum, loss_count, step_seconds = 0, 0.0, 0, []
-    metrics_path = run_dir / METRICS_FILE
-    if cfg.train.resume:
-        state = load_checkpoint(run_dir / CHECKPOINT_FILE, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.set_state(state["sampler_rng"].cpu() if device.type == "cpu" else state["sampler_rng"])
-        step, loss_sum, loss_count = state["step"], state["loss_sum"], state["loss_count"]
-        rows = [r for r in read_jsonl(metrics_path) if r["step"] <= step] if metrics_path.is_file() else []
-        write_jsonl(metrics_path, rows)  # drop rows written after the checkpoint
-        log.info("resumed %s at step %d", run_dir, step)
+    actions = check_layout(cfg, run_dir)
+    if set(actions) == {"theory"}:
+        summaries = [complete_theory(single, directory) for single, directory in run_layout(cfg, run_dir)]
     else:
-        write_jsonl(metrics_path, [])
+        runs, step = start_runs(cfg, run_dir, actions, chain, spec)
+        with StopRequest() as stop:
+            step = train_loop(cfg, runs, step, start, stop)
+            if stop.signum is not None:
+                for run in runs:
+                    if run.diverged_at is None:
+                        run.save_checkpoint(step, start)
+                raise Interrupted(step, stop.signum)
+        summaries = finish(runs, step, start)
+    if cfg.train.instances == 1:
+        return summaries[0]
+    write_ensemble(run_dir, summaries, start)
+    return summaries
 
-    def record() -> dict:
-        nonlocal loss_sum, loss_count
-        row = evaluation_row(parts, step, loss_sum, loss_count, start)
-        append_jsonl(metrics_path, row)
-        loss_sum, loss_count = 0.0, 0
-        return row
 
-    progress = Progress(cfg.train.progress, cfg.train.steps, step)
-    row = record() if step == 0 else None
-    if row:
-        progress.report(row)
-    model.train()
-    try:
-        while step < cfg.train.steps:
-            tick = time.perf_counter()
-            batch = sampler.sample(cfg.train.batch_size, cfg.data.seq_len)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg.optim, step, cfg.train.steps)
-            loss = training_loss(model(batch.inputs), batch, cfg.train.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            drop_frozen_gradients(parts, step)
-            optimizer.step()
-            step += 1
-            loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-            step_seconds.append(time.perf_counter() - tick)
-            progress.step()
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                row = record()
-                progress.report(row)
-            if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step < cfg.train.steps:
-                save_run_checkpoint(run_dir, parts, step, loss_sum, loss_count, config)
-    finally:
-        progress.close()
-    save_run_checkpoint(run_dir, parts, step, loss_sum, loss_count, config)
-
-    if row is None or row["step"] != step:
-        row = record()
-    return finish_run(cfg, run_dir, parts, chain, row, step, start, step_seconds, config)
+# -- the command line --------------------------------------------------------------------------
 
 
 def print_summary(summary: dict) -> None:
+    if summary.get("status") == DIVERGED:
+        print(f"toybigram: diverged at step {summary['diverged_at_step']} ({summary['reason']}); "
+              f"lower optim.lr or add optim.warmup_steps  ({summary['run_dir']})")
+        return
     print(
         "\n".join([
             f"toybigram: {summary['steps']} steps in {summary['wall_seconds']:.1f} s "
-            f"({summary['step_ms_median']:.1f} ms/step) on {summary['device']} ({summary['dtype']})",
+            f"({fmt(summary['step_ms_median'], 1)} ms/step) on {summary['device']} ({summary['dtype']})",
             f"  in-context  acc {fmt(summary['acc_incontext'])}  loss {fmt(summary['loss_incontext'])}  (Bayes 0)",
             f"  global      acc {fmt(summary['acc_global'])}  loss {fmt(summary['loss_global'])}  "
             f"Bayes {fmt(summary['bayes_loss_global'])}  gap {fmt(summary['gap_global'])}",
@@ -338,28 +526,53 @@ def print_summary(summary: dict) -> None:
         ])
     )
     if "theory" in summary:
-        from toybigram.theory.__main__ import headline
+        from toybigram.theory.__main__ import headline  # the theory package builds on this module
 
         print("  " + headline(summary["theory"], Path(summary["run_dir"])))
     print(f"  output      {summary['run_dir']}")
 
 
-def main_task(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
+def print_ensemble(summaries: list[dict]) -> None:
+    first = max(summaries, key=lambda s: s["steps"])
+    print(f"toybigram: {len(summaries)} instances x {first['steps']} steps in {first['wall_seconds']:.1f} s "
+          f"({fmt(first['step_ms_median'], 1)} ms/step for all) on {first['device']} ({first['dtype']})")
+    for s in summaries:
+        state = f"diverged at step {s['diverged_at_step']}" if s["status"] == DIVERGED else \
+            f"in-context acc {fmt(s['acc_incontext'])}  global gap {fmt(s['gap_global'])}"
+        print(f"  seed {s['seed']:>3} data {s['data_seed']:>3} lr {s['config']['optim']['lr']:<8g} {state}  {s['run_dir']}")
 
-    summary = train(cfg, HydraConfig.get().runtime.output_dir)
-    if isinstance(summary, list):  # train.instances > 1
-        from toybigram.ensemble import print_ensemble
 
-        print_ensemble(summary)
-    else:
-        print_summary(summary)
+def resume_command(run_dir: Path, overrides: list[str]) -> str:
+    """The command line that continues the run in ``run_dir`` with the same settings."""
+    dropped = ("hydra.run.dir=", "train.resume=", "train.overwrite=", "hydra.sweep.dir=", "hydra.job.num=")
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(dropped)]
+    args = [*kept, f"hydra.run.dir={Path(run_dir).absolute()}", "train.resume=true"]
+    return "python -m toybigram.train " + " ".join(shlex.quote(a) for a in args)
+
+
+def main_task(cfg: DictConfig) -> dict | list[dict] | None:
+    from hydra.core.hydra_config import HydraConfig  # only inside a Hydra job
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        summary = train(cfg, run_dir)
+    except Interrupted as stop:
+        sys.stderr.write(f"{stop}: checkpoint saved; resume with: {resume_command(run_dir, list(hydra_cfg.overrides.task))}\n")
+        sys.stderr.flush()
+        sys.exit(stop.exit_code)
+    summaries = summary if isinstance(summary, list) else [summary]
+    (print_ensemble if isinstance(summary, list) else print_summary)(summary)
+    if any(s.get("status") == DIVERGED for s in summaries) and hydra_cfg.mode != RunMode.MULTIRUN:
+        sys.exit(DIVERGED_EXIT_CODE)
     return summary
 
 
 def main() -> None:
-    from toybigram.cli import run_app
+    from toybigram.cli import run_app  # the entry point's wrapper, not a dependency of training
 
+    register_configs()
     run_app(main_task, "train", precheck)
 
 

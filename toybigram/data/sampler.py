@@ -19,11 +19,41 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from toybigram.checks import boolean, choice, integer
 from toybigram.data.bigram import BigramChain
 from toybigram.errors import require
 
 TRIGGER_MODES = ("fixed", "random")
 OUTPUT_MODES = ("uniform", "bigram")
+
+
+def check_trigger_settings(vocab_size: int, n_triggers: int, triggers: str, trigger_offset: int, outputs: str,
+                           exclude_trigger_output: bool) -> None:
+    """The trigger settings for a vocabulary of ``vocab_size`` tokens (which must be at least 2)."""
+    require(vocab_size >= 2, "data.vocab_size", f"must be at least 2, got {vocab_size}")
+    integer(n_triggers, "data.n_triggers", 0)
+    require(n_triggers <= vocab_size, "data.n_triggers", f"{n_triggers} triggers exceed the vocabulary size {vocab_size}")
+    choice(triggers, "data.triggers", TRIGGER_MODES)
+    integer(trigger_offset, "data.trigger_offset", 0)
+    require(
+        trigger_offset + n_triggers <= vocab_size,
+        "data.trigger_offset",
+        f"{trigger_offset} + {n_triggers} triggers exceed the vocabulary size {vocab_size} "
+        "(the triggers are the tokens ranked trigger_offset+1 .. trigger_offset+n_triggers by frequency)",
+    )
+    choice(outputs, "data.outputs", OUTPUT_MODES)
+    boolean(exclude_trigger_output, "data.exclude_trigger_output")
+
+
+def require_trigger_support(chain: BigramChain, n_triggers: int, trigger_offset: int) -> None:
+    """Triggers must be tokens the chain can emit: a zero-probability trigger would never fire."""
+    support = int((chain.unigram > 0).sum())
+    require(
+        n_triggers + trigger_offset <= support,
+        "data.n_triggers",
+        f"{n_triggers} triggers (offset {trigger_offset}) need that many tokens with non-zero "
+        f"probability, but the vocabulary has {support} of {chain.vocab_size}",
+    )
 
 
 @dataclass
@@ -91,18 +121,8 @@ class TriggerSampler:
         seed: int = 0,
     ):
         n = chain.vocab_size
-        support = int((chain.unigram > 0).sum())
-        require(n >= 2, "data.vocab_size", f"must be at least 2, got {n}")
-        require(n_triggers >= 0, "data.n_triggers", f"must be non-negative, got {n_triggers}")
-        require(triggers in TRIGGER_MODES, "data.triggers", f"unknown mode {triggers!r} (choose {', '.join(TRIGGER_MODES)})")
-        require(outputs in OUTPUT_MODES, "data.outputs", f"unknown mode {outputs!r} (choose {', '.join(OUTPUT_MODES)})")
-        require(trigger_offset >= 0, "data.trigger_offset", f"must be non-negative, got {trigger_offset}")
-        require(
-            n_triggers + trigger_offset <= support,
-            "data.n_triggers",
-            f"{n_triggers} triggers (offset {trigger_offset}) need that many tokens with non-zero "
-            f"probability, but the vocabulary has {support} of {n}",
-        )
+        check_trigger_settings(n, n_triggers, triggers, trigger_offset, outputs, exclude_trigger_output)
+        require_trigger_support(chain, n_triggers, trigger_offset)
         self.chain = chain
         self.vocab_size = n
         self.n_triggers = n_triggers

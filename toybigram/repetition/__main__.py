@@ -7,9 +7,11 @@ perplexity, figures, and ``summary.json`` last.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,8 +22,10 @@ from toybigram.errors import ConfigError, UserError, require
 from toybigram.repetition import config as _config  # noqa: F401  (registers the schema)
 from toybigram.repetition import analysis, interventions, perplexity
 from toybigram.repetition.generation import collect
-from toybigram.repetition.models import load_subject, precheck_model, resolve_device
-from toybigram.repetition.neurons import check_k, delta_scores, make_edit, random_sets, rank
+from toybigram.repetition.interventions import Condition
+from toybigram.repetition.models import ModelFacts, load_subject, precheck_model, resolve_device
+from toybigram.repetition.neurons import check_k, delta_scores, make_edit, rank
+from toybigram.repetition.selections import NeuronSets, check_selections
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ TEXTS_PARTIAL = "texts.partial.jsonl"
 TEXTS = "texts.jsonl"
 SCORES = "neuron_scores.npz"
 INTERVENTIONS_PARTIAL = "interventions.partial.jsonl"
+PERPLEXITY_PARTIAL = "perplexity.partial.jsonl"
+EFFECT_VS_DAMAGE = "effect_vs_damage.json"
 PAPER = {
     "deactivate": "top neurons remove 25-35% of loops; random neurons barely any",
     "activate": "top neurons induce more loops than random ones",
@@ -63,7 +69,9 @@ def validate(cfg: DictConfig) -> None:
     require(iv.random_draws >= 1, "intervene.random_draws", f"must be at least 1, got {iv.random_draws}")
     require(iv.new_tokens >= 1, "intervene.new_tokens", "must be at least 1")
     require(1 <= iv.activate_prompt_len <= c.prefix_len + c.greedy_len, "intervene.activate_prompt_len", "must fit inside a collected text")
-    require(p.seq_len >= 2 and p.max_tokens >= p.seq_len, "perplexity.seq_len", "needs 2 <= seq_len <= max_tokens")
+    require(p.seq_len >= 2, "perplexity.seq_len", f"must be at least 2, got {p.seq_len}")
+    require(p.max_tokens is None or p.max_tokens >= p.seq_len, "perplexity.max_tokens", "must be at least perplexity.seq_len (or null for the whole text)")
+    check_selections(iv.selections, "intervene.selections")
     require(p.random_draws >= 1, "perplexity.random_draws", "must be at least 1")
     resolve_device(cfg.device)
     if cfg.threads is not None:
@@ -85,23 +93,23 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def precheck(cfg: DictConfig) -> None:
-    """Everything that can be checked before Hydra writes the run directory or a model loads."""
+    """Everything that can be checked before Hydra writes the run directory; reads model metadata only."""
     validate(cfg)
-    precheck_model(cfg.lm)
+    check_sizes(cfg, precheck_model(cfg.lm))
     run_dir = cfg.get("hydra", {}).get("run", {}).get("dir")
     if run_dir:
         check_run_dir(cfg, Path(run_dir))
 
 
-def check_subject(cfg: DictConfig, subject) -> None:
-    """Checks that need the loaded model: K against the neuron count, text length against positions."""
-    check_k([int(k) for k in cfg.intervene.ks], subject.n_neurons, "intervene.ks")
-    longest = len(subject.start_ids or [0]) + cfg.collect.prefix_len + cfg.collect.greedy_len
-    longest_edit = longest + cfg.intervene.new_tokens
-    if subject.max_len is not None and longest_edit > subject.max_len:
+def check_sizes(cfg: DictConfig, facts: ModelFacts, name: str = "the model") -> None:
+    """K against the neuron count, the longest sequence against the model's positions (when known)."""
+    if facts.n_neurons is not None:
+        check_k([int(k) for k in cfg.intervene.ks], facts.n_neurons, "intervene.ks")
+    longest = 1 + cfg.collect.prefix_len + cfg.collect.greedy_len + cfg.intervene.new_tokens  # start token first
+    if facts.max_len is not None and longest > facts.max_len:
         raise ConfigError(
-            f"collect.greedy_len/intervene.new_tokens: sequences reach {longest_edit} tokens but {subject.name} "
-            f"has {subject.max_len} positions (train the toy model with a longer data.seq_len or model.max_len)"
+            f"collect.greedy_len/intervene.new_tokens: sequences reach {longest} tokens but {name} "
+            f"has {facts.max_len} positions (train the toy model with a longer data.seq_len or model.max_len)"
         )
 
 
@@ -208,36 +216,62 @@ def stage_scores(cfg, subject, rank_texts: list[dict], run_dir: Path, bars) -> d
     return {"delta": delta, "ranking": ranking, "layers": layers, "heads": heads_table, "profile": profile_rows, "top": top}
 
 
-def stage_interventions(cfg, subject, texts: list[dict], ranking, random_orders, run_dir: Path, bars) -> list[dict]:
-    iv = cfg.intervene
-    ks = [int(k) for k in iv.ks]
-    heldout = [t for t in texts if t["split"] == "heldout"][: iv.n_deactivate]
-    plain = [t for t in texts if t["split"] == "plain"][: iv.n_activate]
-    jobs = []
-    if iv.run_deactivate and heldout:
-        prompts = [t["ids"][: t["loop"]["onset"]] for t in heldout]
-        jobs += [(c, prompts, "set", 0.0) for c in interventions.conditions("deactivate", ks, iv.random_draws)]
-    if iv.run_activate and plain:
-        prompts = [t["ids"][: iv.activate_prompt_len] for t in plain]
-        jobs += [(c, prompts, "add", float(iv.activate_value)) for c in interventions.conditions("activate", ks, iv.random_draws)]
-    partial = run_dir / INTERVENTIONS_PARTIAL
+def settings_of(cfg, *paths: str) -> str:
+    """The settings a stage's results depend on, as one comparable string."""
+    values = {path: OmegaConf.select(cfg, path) for path in paths}
+    plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
+    return json.dumps(plain, sort_keys=True)
+
+
+def resumable(cfg, partial: Path, jobs: list[tuple[Condition, int, Callable[[], dict]]], settings: str, bars, desc: str, unit: str) -> list[dict]:
+    """Run each (condition, units, job) not already in ``partial`` and append its row there; rows in job order.
+
+    With ``resume`` the rows already there are kept (keyed by condition), so an
+    interrupted sweep continues where it stopped; without it the file starts afresh.
+    Rows made under other ``settings`` (say, another perplexity text) are not reused.
+    """
     rows = runio.read_jsonl(partial) if (cfg.resume and partial.is_file()) else []
+    rows = [r for r in rows if r.get("settings") == settings]
     if not cfg.resume and partial.exists():
         partial.unlink()
     done = {r["key"] for r in rows}
-    todo = [j for j in jobs if j[0].key not in done]
-    bar = bars(sum(len(p) for _, p, _, _ in todo), "interventions", unit="prompt")
-    for condition, prompts, mode, value in todo:
+    todo = [job for job in jobs if job[0].key not in done]
+    bar = bars(sum(units for _, units, _ in todo), desc, unit=unit)
+    for condition, units, job in todo:
         bar.set_postfix_str(condition.key)
-        neurons = interventions.neurons_for(condition, ranking, random_orders)
-        row = interventions.run_condition(
-            subject, condition, prompts, neurons, mode, value, iv.new_tokens, cfg.detector, iv.batch_size, bar.update
-        )
+        row = {**condition.__dict__, **job(), "key": condition.key, "settings": settings}
         runio.append_jsonl(partial, row)
         rows.append(row)
+        bar.update(units)
     bar.close()
-    keys = [j[0].key for j in jobs]
-    rows = sorted((r for r in rows if r["key"] in keys), key=lambda r: keys.index(r["key"]))
+    order = {condition.key: i for i, (condition, _, _) in enumerate(jobs)}
+    return sorted((r for r in rows if r["key"] in order), key=lambda r: order[r["key"]])
+
+
+def edit_settings(cfg) -> list[tuple[str, str, float]]:
+    """(experiment, mode, value) of the enabled experiments."""
+    out = [("deactivate", "set", 0.0)] if cfg.intervene.run_deactivate else []
+    return out + ([("activate", "add", float(cfg.intervene.activate_value))] if cfg.intervene.run_activate else [])
+
+
+def stage_interventions(cfg, subject, texts: list[dict], sets: NeuronSets, run_dir: Path, bars) -> list[dict]:
+    iv = cfg.intervene
+    heldout = [t["ids"][: t["loop"]["onset"]] for t in texts if t["split"] == "heldout"][: iv.n_deactivate]
+    plain = [t["ids"][: iv.activate_prompt_len] for t in texts if t["split"] == "plain"][: iv.n_activate]
+
+    def job(c: Condition, prompts, mode: str, value: float):
+        neurons = sets.select(c.selection, c.k, c.draw)
+        return lambda: interventions.run_condition(subject, c, prompts, neurons, mode, value, iv.new_tokens, cfg.detector, iv.batch_size)
+
+    jobs = []
+    for experiment, mode, value in edit_settings(cfg):
+        prompts = heldout if experiment == "deactivate" else plain
+        if prompts:
+            found = interventions.conditions(experiment, [int(k) for k in iv.ks], iv.random_draws, iv.selections)
+            jobs += [(c, 1, job(c, prompts, mode, value)) for c in found]
+    settings = settings_of(cfg, "detector", "intervene.new_tokens", "intervene.activate_value", "intervene.activate_prompt_len",
+                           "intervene.n_deactivate", "intervene.n_activate", "seed")
+    rows = resumable(cfg, run_dir / INTERVENTIONS_PARTIAL, jobs, settings, bars, "interventions", "condition")
     runio.write_jsonl(run_dir / "interventions.jsonl", rows)
     return rows
 
@@ -256,27 +290,27 @@ def perplexity_chunks(cfg, subject) -> tuple[list[list[int]], str]:
     return perplexity.text_chunks(subject, text, p.seq_len, p.max_tokens), where
 
 
-def stage_perplexity(cfg, subject, ranking, random_orders, bars) -> tuple[list[dict], str, int]:
+def stage_perplexity(cfg, subject, sets: NeuronSets, run_dir: Path, bars) -> tuple[list[dict], str, int]:
+    """Perplexity of the unedited model once, then of every enabled experiment's edits; resumable per condition."""
     p = cfg.perplexity
     chunks, where = perplexity_chunks(cfg, subject)
-    ks = [int(k) for k in cfg.intervene.ks]
-    jobs = []
-    for experiment, mode, value in (("deactivate", "set", 0.0), ("activate", "add", float(cfg.intervene.activate_value))):
-        for condition in interventions.conditions(experiment, ks, p.random_draws):
-            if condition.selection == "none" and experiment == "activate":
-                continue  # the unedited model is scored once
-            jobs.append((condition, mode, value))
-    bar = bars(len(jobs) * len(chunks), "perplexity", unit="chunk")
-    rows = []
-    for condition, mode, value in jobs:
-        bar.set_postfix_str(condition.key)
-        neurons = interventions.neurons_for(condition, ranking, random_orders)
-        edit = make_edit(neurons, subject.site_sizes, mode, value, newest_only=False)
-        ppl = perplexity.perplexity(subject, chunks, p.batch_size, edit, skip=1, progress=bar.update)
-        rows.append({**condition.__dict__, "mode": mode, "value": value, "perplexity": ppl})
-    bar.close()
-    n_tokens = sum(len(c) - 1 for c in chunks)
-    return rows, where, n_tokens
+
+    def job(c: Condition, mode: str, value: float):
+        def score() -> dict:
+            edit = make_edit(sets.select(c.selection, c.k, c.draw), subject.site_sizes, mode, value, newest_only=False)
+            nll, tokens = perplexity.window_nll(subject, chunks, p.batch_size, edit, skip=1)
+            return {"mode": mode, "value": value, "perplexity": float(np.exp(sum(nll) / sum(tokens))), "window_nll": nll, "window_tokens": tokens}
+        return score
+
+    unedited = Condition("unedited", "none", 0, 0)
+    jobs = [(unedited, 1, job(unedited, "set", 0.0))]
+    for experiment, mode, value in edit_settings(cfg):
+        found = interventions.conditions(experiment, [int(k) for k in cfg.intervene.ks if k > 0], p.random_draws, cfg.intervene.selections)
+        jobs += [(c, 1, job(c, mode, value)) for c in found]
+    settings = settings_of(cfg, "perplexity.text", "perplexity.seq_len", "perplexity.max_tokens", "perplexity.toy_sequences",
+                           "intervene.activate_value", "seed")
+    rows = resumable(cfg, run_dir / PERPLEXITY_PARTIAL, jobs, settings, bars, "perplexity", "condition")
+    return rows, where, sum(len(c) - 1 for c in chunks)
 
 
 # --------------------------------------------------------------------------- the study
@@ -291,40 +325,41 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     subject = load_subject(cfg.lm, device)
-    check_subject(cfg, subject)
+    check_sizes(cfg, ModelFacts(subject.n_neurons, subject.max_len), subject.name)  # also when called without precheck
     if cfg.overwrite and not cfg.resume:
-        for name in (runio.SUMMARY_FILE, TEXTS_PARTIAL, TEXTS, SCORES, INTERVENTIONS_PARTIAL):
+        for name in (runio.SUMMARY_FILE, TEXTS_PARTIAL, TEXTS, SCORES, INTERVENTIONS_PARTIAL, PERPLEXITY_PARTIAL):
             (run_dir / name).unlink(missing_ok=True)
     timings["load_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     texts = stage_collect(cfg, subject, run_dir, bars)
     timings["collect_s"] = time.perf_counter() - t
-    rank_texts = [r for r in texts if r["split"] == "rank"]
 
     t = time.perf_counter()
-    scores = stage_scores(cfg, subject, rank_texts, run_dir, bars)
+    scores = stage_scores(cfg, subject, [r for r in texts if r["split"] == "rank"], run_dir, bars)
     timings["capture_s"] = time.perf_counter() - t
-    random_orders = random_sets(subject.n_neurons, max(cfg.intervene.random_draws, cfg.perplexity.random_draws), cfg.seed)
+    draws = max(cfg.intervene.random_draws, cfg.perplexity.random_draws)
+    sets = NeuronSets.build(scores["ranking"], subject.site_sizes, draws, cfg.seed)
 
     t = time.perf_counter()
     ks = [int(k) for k in cfg.intervene.ks]
-    rows = stage_interventions(cfg, subject, texts, scores["ranking"], random_orders, run_dir, bars)
+    rows = stage_interventions(cfg, subject, texts, sets, run_dir, bars)
     tables = {
-        experiment: interventions.summarise([r for r in rows if r["experiment"] == experiment], ks)
+        experiment: interventions.summarise([r for r in rows if r["experiment"] == experiment], ks, cfg.seed)
         for experiment in ("deactivate", "activate")
         if any(r["experiment"] == experiment for r in rows)
     }
     runio.write_json(run_dir / "interventions_table.json", tables)
     timings["interventions_s"] = time.perf_counter() - t
 
-    ppl_table, ppl_source, ppl_tokens = None, None, 0
+    ppl = {"source": None, "tokens": 0, "table": None}
     if cfg.perplexity.enabled:
         t = time.perf_counter()
-        ppl_rows, ppl_source, ppl_tokens = stage_perplexity(cfg, subject, scores["ranking"], random_orders, bars)
-        ppl_table = perplexity.summarise(ppl_rows, ks)
+        ppl_rows, ppl["source"], ppl["tokens"] = stage_perplexity(cfg, subject, sets, run_dir, bars)
+        ppl["table"] = perplexity.summarise(ppl_rows, ks, cfg.seed)
         runio.write_jsonl(run_dir / "perplexity.jsonl", ppl_rows)
-        runio.write_json(run_dir / "perplexity_table.json", {"source": ppl_source, "tokens": ppl_tokens, "table": ppl_table})
+        runio.write_json(run_dir / "perplexity_table.json", ppl)
+        runio.write_json(run_dir / EFFECT_VS_DAMAGE, interventions.effect_vs_damage(tables, ppl["table"]))
         timings["perplexity_s"] = time.perf_counter() - t
 
     figures = []
@@ -333,11 +368,16 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict:
 
         figures = plots.write_all(run_dir)
     timings["total_s"] = time.perf_counter() - t0
+    summary = build_summary(cfg, subject, texts, scores, tables, ppl, figures, timings, run_dir, device)
+    runio.write_json(run_dir / runio.SUMMARY_FILE, summary)
+    return summary
 
+
+def build_summary(cfg, subject, texts, scores, tables, ppl, figures, timings, run_dir: Path, device) -> dict:
     counts = {s: sum(r["split"] == s for r in texts) for s in ("rank", "heldout", "plain", "unused")}
     statuses = {s: sum(r["status"] == s for r in texts) for s in ("repetitive", "rejected", "plain")}
     heads = scores["heads"]
-    summary = {
+    return {
         "subject": subject.name,
         "n_layers": subject.n_layers,
         "neuron_layers": subject.site_layers,
@@ -354,7 +394,7 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict:
             "best_self_finding_score_per_layer": np.max(heads["self_finding_mean"], axis=1),
         },
         "interventions": tables,
-        "perplexity": {"source": ppl_source, "tokens": ppl_tokens, "table": ppl_table},
+        "perplexity": ppl,
         "paper": PAPER,
         "figures": figures,
         "timings": timings,
@@ -362,8 +402,6 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict:
         "run_dir": str(run_dir),
         **runio.provenance(device, subject.dtype),
     }
-    runio.write_json(run_dir / runio.SUMMARY_FILE, summary)
-    return summary
 
 
 def print_summary(summary: dict) -> None:
@@ -371,19 +409,20 @@ def print_summary(summary: dict) -> None:
     t = summary["texts"]
     lines.append(f"  texts      {t['generated']} generated: {t['repetitive']} repetitive, {t['rejected']} rejected onset, {t['plain']} plain")
     for experiment, table in summary["interventions"].items():
-        cells = " ".join(
-            f"K={r['k']}:{r['top']:.2f}/{r['random_mean']:.2f}" for r in table if r["top"] is not None and r["random_mean"] is not None
-        )
-        lines.append(f"  {experiment:<10} repeat rate top/random {cells}")
+        lines.append(f"  {experiment:<10} share of outputs that loop, by selection and K:")
+        for selection in dict.fromkeys(r["selection"] for r in table if r["selection"] != "none"):
+            cells = " ".join(f"{r['k']}:{r['rate']:.2f}" for r in table if r["selection"] in (selection, "none"))
+            lines.append(f"    {selection:<8} {cells}")
     layers = summary["layer_distribution"]
     lines.append(f"  layers     top {layers['n_top_positive']} neurons per layer {layers['counts']}")
     heads = summary["heads"]
     lines.append(f"  heads      induction {heads['induction_heads_per_layer']} self-finding {heads['self_finding_heads_per_layer']}")
-    if summary["perplexity"]["table"]:
-        cells = " ".join(
-            f"{r['experiment'][:5]} K={r['k']}:{r['top']:.1f}/{r['random_mean']:.1f}" for r in summary["perplexity"]["table"] if r["k"]
-        )
-        lines.append(f"  perplexity {summary['perplexity']['table'][0]['top']:.2f} unedited; top/random {cells}")
+    table = summary["perplexity"]["table"]
+    if table:
+        lines.append(f"  perplexity {table[0]['perplexity']:.2f} unedited; edited / unedited:")
+        for experiment, selection in dict.fromkeys((r["experiment"], r["selection"]) for r in table if r["k"]):
+            cells = " ".join(f"{r['k']}:{r['ratio']:.2f}" for r in table if (r["experiment"], r["selection"]) == (experiment, selection))
+            lines.append(f"    {experiment[:5]} {selection:<8} {cells}")
     lines.append(f"  output     {summary['run_dir']}")
     print("\n".join(lines))
 

@@ -63,6 +63,7 @@ class InterventionConfig:
     n_deactivate: Optional[int] = None  # held-out prompts used (None = all)
     n_activate: Optional[int] = None  # plain prompts used (None = all)
     batch_size: int = 25
+    selections: list[str] = field(default_factory=lambda: ["top", "random", "layer", "bottom"])  # see selections.py
     run_deactivate: bool = True
     run_activate: bool = True
 
@@ -72,9 +73,9 @@ class PerplexityConfig:
     enabled: bool = True
     text: str = "python_docs"  # python_docs | shakespeare | path to a UTF-8 text file
     seq_len: int = 256
-    max_tokens: int = 8192
+    max_tokens: Optional[int] = None  # None: the whole text; else about this many tokens in windows spread over it
     batch_size: int = 8
-    random_draws: int = 1  # random neuron sets per K (each costs a full pass)
+    random_draws: int = 3  # random neuron sets per K and random selection (each costs a full pass)
     toy_sequences: int = 64  # the toy model: fresh sequences from its training distribution
 
 
@@ -86,7 +87,7 @@ class RepetitionAppConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     intervene: InterventionConfig = field(default_factory=InterventionConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
-    seed: int = 0  # random neuron draws
+    seed: int = 0  # random neuron draws and bootstrap resamples
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     threads: Optional[int] = None  # torch CPU threads (None = torch's default)
     resume: bool = False  # continue an interrupted run in hydra.run.dir
@@ -95,8 +96,19 @@ class RepetitionAppConfig:
     figures: bool = True
 
 
+# ``+preset=smoke``: every stage once, on the smallest numbers that still run it (a check
+# of the installation and the pipeline, not a result).
+SMOKE = {
+    "collect": {"n_rank": 3, "n_heldout": 2, "n_plain": 2, "max_texts": 96, "batch_size": 16},
+    "score": {"batch_size": 4},
+    "intervene": {"ks": [0, 20], "random_draws": 1, "new_tokens": 60, "batch_size": 2},
+    "perplexity": {"max_tokens": 512, "random_draws": 1},
+}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    cs.store(group="preset", name="smoke", node=SMOKE, package="_global_")
     cs.store(name="repetition_schema", node=RepetitionAppConfig)
     cs.store(group="lm", name="smollm2", node=LMConfig(kind="smollm2"))
     cs.store(group="lm", name="hf", node=LMConfig(kind="hf"))

@@ -45,6 +45,11 @@ def batches(subject, prompts: Sequence[Sequence[int]], batch_size: int) -> list[
     return groups
 
 
+# fn(prompt, new tokens so far) -> True once a row's outcome is settled and it may stop early.
+StopRule = Callable[[Sequence[int], list[int]], bool]
+STOP_CHECK_EVERY = 20  # steps between stop checks (each check runs the detector on every active row)
+
+
 @torch.no_grad()
 def decode_batch(
     subject,
@@ -53,14 +58,22 @@ def decode_batch(
     n_sampled: int = 0,
     generators: Optional[Sequence[torch.Generator]] = None,
     temperature: float = 1.0,
+    stop: Optional[StopRule] = None,
 ) -> list[list[int]]:
-    """Continue each prompt by ``n_sampled`` sampled then ``n_new - n_sampled`` greedy tokens (new tokens only)."""
+    """Continue each prompt by ``n_sampled`` sampled then ``n_new - n_sampled`` greedy tokens (new tokens only).
+
+    With ``stop``, every ``STOP_CHECK_EVERY`` steps the rows it settles leave the batch
+    (and the KV cache), so their continuations are shorter; greedy decoding only.
+    """
     if n_new == 0:
         return [[] for _ in prompts]
+    if stop is not None and n_sampled:
+        raise ValueError("early stopping is for greedy decoding only")
     ids, mask = left_pad(prompts, subject.device)
     decoder = subject.decoder(ids, mask)
     logits = decoder.logits
-    new: list[torch.Tensor] = []
+    new: list[list[int]] = [[] for _ in prompts]
+    active = list(range(len(prompts)))
     for step in range(n_new):
         if step < n_sampled:
             probs = torch.softmax(logits.double().cpu() / temperature, dim=-1)
@@ -68,10 +81,20 @@ def decode_batch(
             tokens = tokens.to(subject.device)
         else:
             tokens = logits.argmax(-1)
-        new.append(tokens)
-        if step + 1 < n_new:
-            logits = decoder.step(tokens)
-    return torch.stack(new, dim=1).tolist()
+        for row, token in zip(active, tokens.tolist()):
+            new[row].append(token)
+        if step + 1 == n_new:
+            break
+        if stop is not None and (step + 1) % STOP_CHECK_EVERY == 0:
+            keep = [i for i, row in enumerate(active) if not stop(prompts[row], new[row])]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                rows = torch.tensor(keep, device=subject.device)
+                decoder.keep(rows)
+                tokens, active = tokens[rows], [active[i] for i in keep]
+        logits = decoder.step(tokens)
+    return new
 
 
 def greedy_continue(
@@ -81,12 +104,13 @@ def greedy_continue(
     batch_size: int,
     edit: Optional[NeuronEdit] = None,
     progress: Optional[Callable[[int], None]] = None,
+    stop: Optional[StopRule] = None,
 ) -> list[list[int]]:
-    """Greedy continuations (new tokens only) of every prompt, with an optional neuron edit."""
+    """Greedy continuations (new tokens only) of every prompt, with an optional neuron edit and stop rule."""
     out: list[list[int]] = [[] for _ in prompts]
     with edited(subject, edit):
         for group in batches(subject, prompts, batch_size):
-            for row, tokens in zip(group, decode_batch(subject, [prompts[i] for i in group], n_new)):
+            for row, tokens in zip(group, decode_batch(subject, [prompts[i] for i in group], n_new, stop=stop)):
                 out[row] = tokens
             if progress:
                 progress(len(group))

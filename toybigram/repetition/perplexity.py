@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from toybigram.errors import UserError
+from toybigram.repetition import stats
 from toybigram.repetition.neurons import edited
 
 
@@ -75,50 +76,68 @@ def load_text(source: str) -> tuple[str, str]:
         raise UserError(f"perplexity.text: {path} is not UTF-8 text") from None
 
 
-def text_chunks(subject, text: str, seq_len: int, max_tokens: int) -> list[list[int]]:
-    """Non-overlapping windows of ``seq_len`` tokens (BOS first), ``max_tokens`` scored tokens at most."""
-    ids = subject.encode(text)[:max_tokens]
+def text_chunks(subject, text: str, seq_len: int, max_tokens: Optional[int] = None) -> list[list[int]]:
+    """Non-overlapping windows of ``seq_len`` tokens (BOS first) over the whole text.
+
+    With ``max_tokens``, about that many scored tokens in windows spread evenly over the
+    text (a sample of all of it, not just its beginning).
+    """
+    ids = subject.encode(text)
     body = seq_len - len(subject.start_ids)
     chunks = [list(subject.start_ids) + ids[i : i + body] for i in range(0, len(ids) - body + 1, body)]
     if not chunks:
         raise UserError(f"perplexity.text: too short, gives {len(ids)} tokens but one window needs {body}")
+    if max_tokens is not None and max_tokens < len(chunks) * body:
+        keep = np.linspace(0, len(chunks) - 1, max(1, max_tokens // body)).round().astype(int)
+        chunks = [chunks[i] for i in dict.fromkeys(keep.tolist())]
     return chunks
 
 
 @torch.no_grad()
-def perplexity(subject, chunks: Sequence[Sequence[int]], batch_size: int, edit=None, skip: int = 1,
-               progress: Optional[Callable[[int], None]] = None) -> float:
-    """exp(mean next-token NLL) over every chunk's targets from position ``skip`` on."""
-    total, count = 0.0, 0
+def window_nll(subject, chunks: Sequence[Sequence[int]], batch_size: int, edit=None, skip: int = 1,
+               progress: Optional[Callable[[int], None]] = None) -> tuple[list[float], list[int]]:
+    """Summed next-token NLL and scored-token count of every window, targets from position ``skip`` on."""
+    nll, tokens = [], []
     with edited(subject, edit):
         for start in range(0, len(chunks), batch_size):
             ids = torch.tensor(chunks[start : start + batch_size], device=subject.device)
             logits = subject.forward(ids).double()
             logp = torch.log_softmax(logits[:, skip - 1 : -1], dim=-1)
-            nll = -logp.gather(-1, ids[:, skip:, None]).squeeze(-1)
-            total += float(nll.sum())
-            count += nll.numel()
+            per_token = -logp.gather(-1, ids[:, skip:, None]).squeeze(-1)
+            nll.extend(per_token.sum(1).tolist())
+            tokens.extend([per_token.shape[1]] * len(ids))
             if progress:
                 progress(len(ids))
-    return math.exp(total / count) if math.isfinite(total) else float("inf")
+    return nll, tokens
 
 
-def summarise(rows: Sequence[dict], ks: Sequence[int]) -> list[dict]:
+def perplexity(subject, chunks: Sequence[Sequence[int]], batch_size: int, edit=None, skip: int = 1,
+               progress: Optional[Callable[[int], None]] = None) -> float:
+    """exp(mean next-token NLL) over every window's targets from position ``skip`` on."""
+    nll, tokens = window_nll(subject, chunks, batch_size, edit, skip, progress)
+    total = sum(nll)
+    return math.exp(total / sum(tokens)) if math.isfinite(total) else float("inf")
+
+
+def summarise(rows: Sequence[dict], ks: Sequence[int], seed: int = 0) -> list[dict]:
+    """One row per experiment, K and selection: perplexity and its ratio to the unedited model.
+
+    The ratio's interval is a paired bootstrap over windows (``stats.perplexity_ratio``);
+    random selections take the geometric mean over their draws.
+    """
+    base_row = next((r for r in rows if r["selection"] == "none"), None)
+    if base_row is None:
+        return []
+    base, tokens = np.asarray(base_row["window_nll"]), np.asarray(base_row["window_tokens"])
     table = []
-    for experiment in ("deactivate", "activate"):
-        base = next((r["perplexity"] for r in rows if r["selection"] == "none"), None)
-        for k in sorted(ks):
-            if k == 0:
-                table.append({"experiment": experiment, "k": 0, "top": base, "random_mean": base})
-                continue
-            top = [r["perplexity"] for r in rows if r["experiment"] == experiment and r["selection"] == "top" and r["k"] == k]
-            rand = [r["perplexity"] for r in rows if r["experiment"] == experiment and r["selection"] == "random" and r["k"] == k]
-            table.append(
-                {
-                    "experiment": experiment,
-                    "k": k,
-                    "top": top[0] if top else None,
-                    "random_mean": float(np.exp(np.mean(np.log(rand)))) if rand else None,
-                }
-            )
+    for experiment in dict.fromkeys(r["experiment"] for r in rows if r["selection"] != "none"):
+        table.append({"experiment": experiment, "k": 0, "selection": "none", "n_draws": 1,
+                      **stats.perplexity_ratio(base, base[None], tokens, seed)})
+        for k in sorted(k for k in ks if k > 0):
+            mine = [r for r in rows if r["experiment"] == experiment and r["k"] == k]
+            for selection in dict.fromkeys(r["selection"] for r in mine):
+                chosen = sorted((r for r in mine if r["selection"] == selection), key=lambda r: r["draw"])
+                edited_nll = np.asarray([r["window_nll"] for r in chosen])
+                table.append({"experiment": experiment, "k": k, "selection": selection, "n_draws": len(chosen),
+                              **stats.perplexity_ratio(base, edited_nll, tokens, seed)})
     return table

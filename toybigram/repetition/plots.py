@@ -63,30 +63,93 @@ def profile_figure(run_dir: Path) -> str:
     return _save(fig, run_dir / "fig_onset_profile.png")
 
 
+STYLE = {  # selection -> (label, colour, marker)
+    "top": ("top-K (largest delta)", "C3", "o"),
+    "random": ("uniform random", "C0", "x"),
+    "layer": ("layer-matched random", "C2", "s"),
+    "bottom": ("bottom-K (most negative delta)", "C4", "v"),
+}
+YLABEL = {"deactivate": "share of held-out prompts still looping", "activate": "share of plain prompts now looping"}
+
+
+def _plain_log(axis) -> None:
+    """Log scale with ticks written 1, 1.5, 2, 3 rather than 2x10^0."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "1235" else ""))
+
+
+def _selections(rows) -> list[str]:
+    present = {r["selection"] for r in rows}
+    return [s for s in STYLE if s in present]
+
+
+def _errorbars(ax, x, y, lo, hi, selection: str, *, xerr=None, ls="-"):
+    label, colour, marker = STYLE[selection]
+    yerr = [[v - a for v, a in zip(y, lo)], [b - v for v, b in zip(y, hi)]]
+    ax.errorbar(x, y, yerr=yerr, xerr=xerr, color=colour, marker=marker, ms=4, lw=1.2, ls=ls, capsize=2, label=label)
+
+
+def draw_rates(ax, table: list[dict], experiment: str) -> None:
+    """Loop rate against K per selection, 95% bootstrap intervals over prompts; K = 0 is the unedited model."""
+    base = [r for r in table if r["selection"] == "none"]
+    for selection in _selections(table):
+        rows = base + [r for r in table if r["selection"] == selection]
+        _errorbars(ax, [r["k"] for r in rows], [r["rate"] for r in rows], [r["rate_lo"] for r in rows], [r["rate_hi"] for r in rows], selection)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("K neurons edited")
+    ax.set_ylabel(YLABEL.get(experiment, "share looping"))
+
+
+def draw_perplexity(ax, table: list[dict], experiment: str) -> None:
+    """Perplexity ratio (edited / unedited) against K per selection, log scale."""
+    mine = [r for r in table if r["experiment"] == experiment]
+    base = [r for r in mine if r["selection"] == "none"]
+    for selection in _selections(mine):
+        rows = base + [r for r in mine if r["selection"] == selection]
+        _errorbars(ax, [r["k"] for r in rows], [r["ratio"] for r in rows], [r["ratio_lo"] for r in rows], [r["ratio_hi"] for r in rows], selection)
+    ax.set_yscale("log")
+    _plain_log(ax.yaxis)
+    ax.set_xlabel("K neurons edited")
+    ax.set_ylabel("perplexity, edited / unedited")
+
+
+def draw_effect_vs_damage(ax, rows: list[dict], experiment: str) -> None:
+    """Effect on loops against perplexity cost: one line per selection through its K values."""
+    mine = [r for r in rows if r["experiment"] == experiment]
+    for selection in _selections(mine):
+        pts = sorted((r for r in mine if r["selection"] == selection), key=lambda r: r["k"])
+        x = [r["ratio"] for r in pts]
+        xerr = [[v - r["ratio_lo"] for v, r in zip(x, pts)], [r["ratio_hi"] - v for v, r in zip(x, pts)]]
+        _errorbars(ax, x, [r["effect"] for r in pts], [r["effect_lo"] for r in pts], [r["effect_hi"] for r in pts], selection, xerr=xerr)
+        if selection == "top":
+            for r in pts:
+                ax.annotate(f"{r['k']}", (r["ratio"], r["effect"]), textcoords="offset points", xytext=(3, 3), fontsize=6, color=STYLE["top"][1])
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xscale("log")
+    _plain_log(ax.xaxis)
+    ax.set_xlabel("perplexity, edited / unedited")
+    ax.set_ylabel("loops removed" if experiment == "deactivate" else "loops added")
+
+
 def interventions_figure(run_dir: Path) -> str:
     plt = _pyplot()
     tables = runio.read_json(run_dir / "interventions_table.json")
-    ppl_path = run_dir / "perplexity_table.json"
-    ppl = runio.read_json(ppl_path)["table"] if ppl_path.is_file() else []
-    panels = list(tables) + (["perplexity"] if ppl else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, name in zip(axes[0], panels):
-        if name == "perplexity":
-            for experiment, style in (("deactivate", "-"), ("activate", "--")):
-                rows = [r for r in ppl if r["experiment"] == experiment]
-                ax.plot([r["k"] for r in rows], [r["top"] for r in rows], "o" + style, label=f"{experiment} top")
-                ax.plot([r["k"] for r in rows], [r["random_mean"] for r in rows], "x" + style, label=f"{experiment} random")
-            ax.set_yscale("log")
-            ax.set_ylabel("perplexity")
-        else:
-            rows = tables[name]
-            ax.plot([r["k"] for r in rows], [r["top"] for r in rows], "o-", label="top-K")
-            ax.plot([r["k"] for r in rows], [r["random_mean"] for r in rows], "x--", label="random-K (mean)")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_ylabel("share of outputs that loop")
-        ax.set_xlabel("K neurons")
-        ax.set_title(name)
-        ax.legend(fontsize=8)
+    ppl_path, damage_path = run_dir / "perplexity_table.json", run_dir / "effect_vs_damage.json"
+    ppl = runio.read_json(ppl_path)["table"] if ppl_path.is_file() else None
+    damage = runio.read_json(damage_path) if damage_path.is_file() else None
+    experiments = list(tables)
+    n_cols = 1 + (ppl is not None) + (damage is not None)
+    fig, axes = plt.subplots(max(len(experiments), 1), n_cols, figsize=(4.6 * n_cols, 3.6 * max(len(experiments), 1)), squeeze=False)
+    for row, experiment in zip(axes, experiments):
+        draw_rates(row[0], tables[experiment], experiment)
+        row[0].set_title(experiment)
+        if ppl is not None:
+            draw_perplexity(row[1], ppl, experiment)
+        if damage is not None:
+            draw_effect_vs_damage(row[-1], damage, experiment)
+        row[0].legend(fontsize=7)
     plt.close(fig)
     return _save(fig, run_dir / "fig_interventions.png")
 

@@ -8,6 +8,7 @@ last position for the designed families.
 """
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import torch
 from toybigram.build import make_chain, make_sampler
 from toybigram.checkpoint import load_run
 from toybigram.errors import ConfigError
-from toybigram.runio import provenance, write_json
+from toybigram.runio import atomic_write_bytes, provenance, write_json
 from toybigram.theory.calculator import agreement, attention_error, first_crossing, hijack_threshold, predict
 from toybigram.theory.prompts import FAMILIES, compete, dilution, hijack, length_prompts
 from toybigram.theory.strengths import read_strengths
 
-THEORY_FILE = "theory.json"
+THEORY_NAME = "theory"  # the training job's analysis: theory.json and theory/*.png, quoted by summary.json
+THEORY_FILE = f"{THEORY_NAME}.json"
 
 
 def _names(model) -> list[str]:
@@ -116,9 +118,9 @@ def hijack_study(model, strengths, pairs, *, chain, counts, T, n_fill, gen, diag
             "pairs": table, "parts": parts}
 
 
-def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "full", seed: int = 0,
-            families=FAMILIES, plots: bool = True) -> dict:
-    """Run the prompt families through model and calculator; write plots and theory.json (last)."""
+def analyze(model, cfg, *, quick: bool = True, variant: str = "full", seed: int = 0,
+            families=FAMILIES) -> tuple[dict, dict, list]:
+    """Run the prompt families through model and calculator: ``(record, per-family results, pooled logits)``."""
     start = time.perf_counter()
     for family in families:
         if family not in FAMILIES:
@@ -210,10 +212,7 @@ def analyze(model, cfg, run_dir: Path, *, quick: bool = True, variant: str = "fu
         "wall_seconds": time.perf_counter() - start,
         **provenance(next(model.parameters()).device, "float64 (calculator); model " + str(next(model.parameters()).dtype)),
     }
-    if plots:
-        _plots(run_dir / "theory", results, pooled)
-    write_json(run_dir / THEORY_FILE, out)
-    return out
+    return out, results, pooled
 
 
 def _container(cfg):
@@ -222,60 +221,83 @@ def _container(cfg):
     return as_container(cfg)
 
 
-def _plots(folder: Path, results: dict, pooled) -> None:
-    """Model vs theory centred logits (all families) and hijack margins against the count."""
+PLOT_FILES = ("logits_scatter.png", "hijack_margins.png")
+
+
+def _plots(folder: Path, results: dict, pooled) -> list[str]:
+    """Model vs theory centred logits (all families) and hijack margins against the count; the names written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from toybigram.runio import atomic_write_bytes
-    import io
-
-    folder.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     m = torch.cat([a for a, _ in pooled]); t = torch.cat([b for _, b in pooled])
     m, t = m - m.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
     ax.scatter(t.flatten()[::7], m.flatten()[::7], s=2, alpha=0.3)
     ax.set_xlabel("calculator (centred logit)"); ax.set_ylabel("model (centred logit)")
     ax.set_title("theory vs model, all families")
-    _save(fig, folder / "logits_scatter.png", atomic_write_bytes, io, plt)
-    if "hijack" in results:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        counts = results["hijack"]["counts"]
-        for i, row in enumerate(results["hijack"]["pairs"]):
-            color = f"C{i % 10}"
-            ax.plot(counts, row["margin_model"], color=color, lw=1)
-            ax.plot(counts, row["margin_theory"], color=color, lw=1, ls="--")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_xlabel("count c of 'q o'"); ax.set_ylabel("logit o - logit b*")
-        ax.set_title("hijack: model (solid) vs calculator (dashed)")
-        _save(fig, folder / "hijack_margins.png", atomic_write_bytes, io, plt)
+    _save(fig, folder / PLOT_FILES[0], plt)
+    if "hijack" not in results:
+        return [PLOT_FILES[0]]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    counts = results["hijack"]["counts"]
+    for i, row in enumerate(results["hijack"]["pairs"]):
+        color = f"C{i % 10}"
+        ax.plot(counts, row["margin_model"], color=color, lw=1)
+        ax.plot(counts, row["margin_theory"], color=color, lw=1, ls="--")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("count c of 'q o'"); ax.set_ylabel("logit o - logit b*")
+    ax.set_title("hijack: model (solid) vs calculator (dashed)")
+    _save(fig, folder / PLOT_FILES[1], plt)
+    return list(PLOT_FILES)
 
 
-def _save(fig, path, write, io, plt) -> None:
+def _save(fig, path: Path, plt) -> None:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    write(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def output_paths(out_dir: str | Path, name: str = THEORY_NAME) -> tuple[Path, Path]:
+    """The JSON file and the plot folder of the analysis called ``name``."""
+    return Path(out_dir) / f"{name}.json", Path(out_dir) / name
+
+
+def write_analysis(out_dir: Path, name: str, record: dict, results: dict, pooled: list | None) -> Path:
+    """Plots (none when ``pooled`` is None), stale plots of an earlier analysis removed, then the JSON, last."""
+    json_path, folder = output_paths(out_dir, name)
+    written = _plots(folder, results, pooled) if pooled is not None else []
+    for stale in set(PLOT_FILES) - set(written):
+        (folder / stale).unlink(missing_ok=True)
+    write_json(json_path, record)
+    return json_path
+
+
+HEADLINE_KEYS = ("top1_agreement", "r2_centered_logits", "hijack_top1_agreement", "hijack_r2_centered_logits",
+                 "hijack_threshold_within_one", "wall_seconds")
 
 
 def analyze_run(run_dir, model=None, cfg=None, *, quick: bool = True, variant: str = "full", seed: int = 0,
-                families=FAMILIES, plots: bool = True) -> dict:
-    """Analyse a run directory: writes theory.json (+ theory/*.png) there and returns the headline.
+                families=FAMILIES, plots: bool = True, out_dir=None, name: str = THEORY_NAME, threads: int = 1) -> dict:
+    """Analyse a run: writes ``<out_dir>/<name>.json`` (+ ``<name>/*.png``) and returns the headline.
 
-    ``model``/``cfg`` default to the run's checkpoint (toybigram.checkpoint.load_run).
+    The defaults are the training job's own analysis: theory.json and theory/ in the run
+    directory, the files whose headline summary.json quotes. ``model``/``cfg`` default to
+    the run's checkpoint (toybigram.checkpoint.load_run). ``threads``: torch threads while
+    it runs (one is ~4x faster than two on a shared 2-core machine: the tables are small).
     """
     run_dir = Path(run_dir)
     if model is None or cfg is None:
         model, cfg = load_run(run_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tables: one thread is ~4x faster than two on a shared 2-core machine
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        out = analyze(model, cfg, run_dir, quick=quick, variant=variant, seed=seed, families=families, plots=plots)
+        record, results, pooled = analyze(model, cfg, quick=quick, variant=variant, seed=seed, families=families)
     finally:
-        torch.set_num_threads(threads)
-    keys = ("top1_agreement", "r2_centered_logits", "hijack_top1_agreement", "hijack_r2_centered_logits",
-            "hijack_threshold_within_one", "wall_seconds")
-    return {k: out[k] for k in keys if k in out}
+        torch.set_num_threads(previous)
+    record["settings"] = {**record["settings"], "run_dir": str(run_dir), "output": name}
+    write_analysis(Path(out_dir) if out_dir is not None else run_dir, name, record, results, pooled if plots else None)
+    return {k: record[k] for k in HEADLINE_KEYS if k in record}

@@ -1,0 +1,176 @@
+"""Every training setting is checked, with its range, before anything is written or allocated."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toybigram.build import validate
+from toybigram.errors import ConfigError
+from toybigram.memory import RunShape, check_memory, estimate, memory_budget, physical_memory
+
+REPO = Path(__file__).resolve().parents[1]
+DIRICHLET = ("data=dirichlet", "data.vocab_size=8")
+TWO = ("train.instances=2",)
+
+BAD_SETTINGS = [
+    # seeds: numpy refuses negatives, and every seed fits a signed 64-bit integer
+    (("seed=-1",), "seed"),
+    (("seed=9223372036854775808",), "seed"),
+    (("data_seed=-1",), "data_seed"),
+    ((*TWO, "train.instance_seeds=[-1,2]"), "train.instance_seeds"),
+    ((*TWO, "train.instance_data_seeds=[0,-3]"), "train.instance_data_seeds"),
+    ((*TWO, "seed=9223372036854775807"), "train.instances"),
+    ((*DIRICHLET, "data.chain_seed=-1"), "data.chain_seed"),
+    # optimizer
+    (("optim.beta1=2",), "optim.beta1"),
+    (("optim.beta2=1.0",), "optim.beta2"),
+    (("optim.momentum=-1",), "optim.momentum"),
+    (("optim.weight_decay=-1",), "optim.weight_decay"),
+    (("optim.lr=inf",), "optim.lr"),
+    (("optim.lr=nan",), "optim.lr"),
+    ((*TWO, "train.instance_lrs=[inf,0.1]"), "train.instance_lrs"),
+    (("optim.min_lr_ratio=1.5",), "optim.min_lr_ratio"),
+    (("optim.warmup_steps=-1",), "optim.warmup_steps"),
+    (("optim.name=adam",), "optim.name"),
+    (("optim.schedule=linear",), "optim.schedule"),
+    # model
+    (("model.rope_base=0",), "model.rope_base"),
+    (("model.rope_base=nan",), "model.rope_base"),
+    (("model.rope_base=-2",), "model.rope_base"),
+    (("model.rope_base=1",), "model.rope_base"),
+    (("model.d_model=0",), "model.d_model"),
+    (("model.d_hidden=0",), "model.d_hidden"),
+    (("model.max_len=0",), "model.max_len"),
+    (("model.n_layers=4",), "model.n_layers"),
+    (("model.pos=alibi",), "model.pos"),
+    (("model.ape_extension=wrap",), "model.ape_extension"),
+    (("model.ffn=gelu",), "model.ffn"),
+    (("model.init=ones",), "model.init"),
+    (("model.dtype=float16",), "model.dtype"),
+    # data
+    (("data.source=wiki",), "data.source"),
+    ((*DIRICHLET, "data.dirichlet_alpha=inf"), "data.dirichlet_alpha"),
+    ((*DIRICHLET, "data.dirichlet_alpha=1e7"), "data.dirichlet_alpha"),
+    (("data=dirichlet", "data.vocab_size=5000"), "data.vocab_size"),
+    (("data.seq_len=0",), "data.seq_len"),
+    (("data.n_triggers=-1",), "data.n_triggers"),
+    (("data.trigger_offset=-1",), "data.trigger_offset"),
+    (("data.trigger_offset=61",), "data.trigger_offset"),  # 61 + 5 triggers > 65 tokens
+    (("data.triggers=sometimes",), "data.triggers"),
+    (("data.outputs=copy",), "data.outputs"),
+    (("data.n_triggers=0",), "train.theory"),
+    (("data.n_triggers=0", "train.theory=false", "train.loss=incontext"), "train.loss"),
+    # training
+    (("train.steps=0",), "train.steps"),
+    (("train.batch_size=0",), "train.batch_size"),
+    (("train.eval_batch_size=0",), "train.eval_batch_size"),
+    (("train.eval_every=0",), "train.eval_every"),
+    (("train.ckpt_every=-1",), "train.ckpt_every"),
+    (("train.loss=some",), "train.loss"),
+    (("train.progress=fancy",), "train.progress"),
+    (("train.instances=0",), "train.instances"),
+    (("+train.freeze_until={W_K9: 3}",), "train.freeze_until"),
+    (("+train.freeze_until={W_K1: -3}",), "train.freeze_until.W_K1"),
+    # top level
+    (("device=tpu",), "device"),
+    (("threads=-1",), "threads"),
+    ((f"threads={4 * (os.cpu_count() or 1) + 1}",), "threads"),
+    (("max_memory_gb=0",), "max_memory_gb"),
+    (("max_memory_gb=nan",), "max_memory_gb"),
+    # sizes beyond the memory budget
+    (("data.seq_len=100000", "model.max_len=100000"), "max_memory_gb"),
+    (("train.batch_size=100000000",), "max_memory_gb"),
+    (("train.eval_batch_size=1000000000",), "max_memory_gb"),
+    (("model.d_model=1000000",), "max_memory_gb"),
+    (("model.ffn=relu", "model.d_hidden=1000000000"), "max_memory_gb"),
+    (("train.instances=1000000",), "max_memory_gb"),
+    (("data=dirichlet", "data.vocab_size=4096", "max_memory_gb=1"), "max_memory_gb"),  # refused before building
+]
+
+
+@pytest.mark.parametrize("overrides,setting", BAD_SETTINGS, ids=[" ".join(o) for o, _ in BAD_SETTINGS])
+def test_bad_setting_is_refused_naming_it(compose_train, overrides, setting):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_train(*overrides))
+    assert str(error.value).startswith(f"{setting}: "), error.value
+
+
+def write_text_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "corpus.txt"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_text("")
+    elif kind == "binary":
+        path.write_bytes(b"\xff\xfe\x00\x81" * 16)
+    elif kind == "one symbol":
+        path.write_text("aaaa")
+    return path
+
+
+@pytest.mark.parametrize("kind,why", [
+    ("directory", "is a directory"), ("missing", "no such file"), ("empty", "is empty"),
+    ("binary", "is not UTF-8 text"), ("one symbol", "fewer than 2 distinct symbols"),
+])
+def test_bad_text_file_says_what_is_wrong(compose_train, tmp_path, kind, why):
+    path = write_text_file(tmp_path, kind)
+    with pytest.raises(ConfigError) as error:
+        validate(compose_train("data=text", f"data.text_path={path}", "data.n_triggers=1"))
+    assert str(error.value).startswith("data.text_path: ") and why in str(error.value), error.value
+
+
+def test_extreme_but_finite_values_are_allowed(compose_train):
+    """A huge learning rate diverges (the trainer reports it); seeds up to 2**63 - 1 work."""
+    chain, spec = validate(compose_train("optim.lr=1e30", "seed=9223372036854775807", "data_seed=0", "optim.beta2=0"))
+    assert spec.vocab_size == chain.vocab_size == 65
+
+
+@pytest.mark.parametrize("overrides", [
+    (),  # the main job
+    ("data=dirichlet", "data.vocab_size=32", "optim=sgd", "train.loss=incontext"),  # the README's examples
+    ("model.pos=rpe", "data.seq_len=256"),
+    ("model.d_model=128",),
+    ("train.instances=8",),
+])
+def test_main_job_and_readme_examples_fit_a_small_machine(compose_train, overrides):
+    """They pass validation here, and their estimate fits the budget of a machine with 8 GB of RAM."""
+    cfg = compose_train(*overrides, "max_memory_gb=4")
+    chain, spec = validate(cfg)
+    assert check_memory(cfg, spec)["total"] < 4e9
+
+
+def test_memory_estimate_grows_with_the_sizes_and_names_the_largest_part(compose_train):
+    cfg = compose_train()
+    _, spec = validate(cfg)
+    base = estimate(RunShape.of(cfg, spec))
+    assert 0.4e9 < base["total"] < 0.7e9  # the main job peaks at about 0.44 GB
+    longer = compose_train("data.seq_len=100000", "model.max_len=100000")
+    with pytest.raises(ConfigError) as error:
+        validate(longer)
+    message = str(error.value)
+    assert "data.seq_len=100000" in message and "raise max_memory_gb" in message and "budget is" in message
+    assert "\n" not in message
+
+
+def test_default_budget_is_half_the_ram():
+    import torch
+
+    ram = physical_memory()
+    assert ram is not None and ram > 1e9
+    budget, source = memory_budget(None, torch.device("cpu"))
+    assert budget == pytest.approx(ram / 2) and "half" in source
+    assert memory_budget(2.5, torch.device("cpu"))[0] == 2.5e9
+
+
+def test_cli_refuses_an_oversized_run_before_writing(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "toybigram.train", "data.seq_len=100000", "model.max_len=100000", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: max_memory_gb: "), result.stderr
+    assert not run_dir.exists()
