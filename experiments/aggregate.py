@@ -48,7 +48,7 @@ JOB_LOG = "train.log"  # Hydra's log of a job (hydra.job.name: train)
 CHECKPOINT = "checkpoint.pt"
 RESULTS_DIR = "experiments"  # per-run result files of the post-run analysis: <run>/experiments/<figure>.json
 # Settings that do not change what a run computes, and may differ from the experiment's.
-BOOKKEEPING_KEYS = ("hydra", "train.progress", "train.resume", "train.overwrite", "threads", "device", "max_memory_gb",
+BOOKKEEPING_KEYS = ("hydra", "train.progress", "train.report", "train.resume", "train.overwrite", "threads", "device", "max_memory_gb",
                     "train.instances", "train.instance_seeds", "train.instance_data_seeds")
 DERIVED_KEYS = {"data_seed"}  # follows the seed in every experiment config (data_seed: ${seed})
 SEED_AXIS = "seed"

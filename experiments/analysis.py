@@ -166,7 +166,7 @@ def theory_families(run_dir, points: int = 400) -> dict:
 @torch.no_grad()
 def width_agreement(d: int, N: int, T: int, seed: int, prompts: int = 2, alpha: float = 12.0, lam: float = 10.0,
                     beta: float = 8.0) -> dict:
-    """Figure 5b: the calculator against an ideal-memory build of width d (spec section 4, cross-talk).
+    """Figure 5b: the calculator against an ideal-memory build of width d.
 
     The build (float64) stores alpha, lambda, beta and g = centred log pi_b (toybigram.theory.ideal);
     prompts come from its trigger sampler. Two calculators: "idealised" (the strengths the build was

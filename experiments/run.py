@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.aggregate import RESULTS_DIR, collect, write_table  # noqa: E402
 from experiments.analysis import width_agreement  # noqa: E402
 from experiments.figures import DATA_DIR, FIGURES, FIGURES_DIR, WIDTH_BUILDS, WIDTHS, Figure, Setup, figure_tables, width_file  # noqa: E402
-from experiments.sweeps import PROFILES, Sweep, launch, one_line  # noqa: E402
-from toybigram.cli import compose  # noqa: E402
+from experiments.sweeps import PROFILES, Sweep, launch  # noqa: E402
+from toybigram.cli import compose, first_lines  # noqa: E402
 from toybigram.errors import INTERRUPT_EXIT_CODE, UserError, exit_with  # noqa: E402
 from toybigram.rundir import check_writable_dir  # noqa: E402
 from toybigram.runio import atomic_write_bytes, write_json  # noqa: E402
@@ -105,7 +105,7 @@ def prepare(figures: list[str], args: argparse.Namespace) -> Setup:
         try:  # a launcher whose plugin is not installed
             compose("train", [f"hydra/launcher={args.launcher}"], with_hydra=True)
         except Exception as err:
-            raise UserError(f"--launcher {args.launcher}: {one_line(err)}") from None
+            raise UserError(f"--launcher {args.launcher}: {first_lines(err)}") from None
     for name in figures:
         for base, _ in FIGURES[name].experiments:
             setup.sweep(base).check()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import toybigram.config  # noqa: F401  (registers the structured configs)
 from toybigram.build import validate
-from toybigram.cli import compose
+from toybigram.cli import compose, first_lines
 from toybigram.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,7 @@ PROFILES = ("quick", "paper")
 SWEEP_DIR_KEY = "hydra.sweep.dir"
 # Progress of each job as plain log lines (one per evaluation), never a terminal bar: in its train.log and cluster log.
 JOB_PROGRESS = "train.progress=lines"
+JOB_REPORT = "train.report=false"  # figures read the tables; a page per sweep job would only cost time
 
 
 def experiment_name(base: str, profile: str) -> str:
@@ -46,7 +47,7 @@ def _parse(override: str):
     try:
         return OverridesParser.create().parse_overrides([override])[0]
     except Exception as err:  # Hydra's OverrideParseException and friends
-        raise UserError(f"--override {override}: {one_line(err)}") from None
+        raise UserError(f"--override {override}: {first_lines(err)}") from None
 
 
 def override_key(override: str) -> str:
@@ -65,15 +66,6 @@ def parse_sweep_values(key: str, value: str) -> list[str]:
 def typed_value(key: str, value: str):
     """A swept value as the Python value Hydra would set ("8" -> 8, "rpe" -> "rpe", "0.5" -> 0.5)."""
     return _parse(f"{key}={value}").value()
-
-
-def one_line(error: BaseException) -> str:
-    """Hydra/OmegaConf errors in one line: the first line of the message and of its cause."""
-    parts = [str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__]
-    cause = error.__cause__ or error.__context__
-    if cause is not None and str(cause).strip() and str(cause).strip().splitlines()[0] not in parts[0]:
-        parts.append(str(cause).strip().splitlines()[0])
-    return " ".join(parts)
 
 
 @dataclass
@@ -107,7 +99,7 @@ class Sweep:
         except UserError:
             raise
         except Exception as err:  # unknown keys, values of the wrong type
-            raise UserError(f"{name}: {one_line(err)}" + (f" (--override {' '.join(fixed)})" if fixed else "")) from None
+            raise UserError(f"{name}: {first_lines(err)}" + (f" (--override {' '.join(fixed)})" if fixed else "")) from None
         params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
         axes = {str(k): parse_sweep_values(str(k), str(v)) for k, v in params.items()}
         for item, p in parsed:  # as on Hydra's command line: an override of a swept setting replaces the axis
@@ -164,7 +156,7 @@ class Sweep:
                 where = ",".join(f"{k}={v}" for k, v in point.items())
                 raise UserError(f"{err} ({self.name} at {where}" + (f", with --override {' '.join(self.overrides)})" if self.overrides else ")")) from None
             except Exception as err:  # a value of the wrong type for its setting
-                raise UserError(f"{self.name}: {one_line(err)}") from None
+                raise UserError(f"{self.name}: {first_lines(err)}") from None
 
     def seeds_together(self) -> list[str]:
         """Overrides that turn the seed axis into one job per point training every seed together
@@ -197,7 +189,7 @@ def launch(sweep: Sweep, launcher: str | None = "joblib", jobs: int = 2, fresh: 
     together = sweep.seeds_together() if seeds_together else []
     job_count = len(sweep.points) // (len(sweep.axes["seed"]) if together else 1)
     cmd = [sys.executable, "-m", "toybigram.train", "-m", f"+experiment={sweep.name}", f"{SWEEP_DIR_KEY}={sweep.sweep_dir}",
-           JOB_PROGRESS]
+           JOB_PROGRESS, JOB_REPORT]
     if launcher:
         cmd.append(f"hydra/launcher={launcher}")
         if launcher == "joblib":

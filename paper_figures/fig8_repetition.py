@@ -48,7 +48,7 @@ def main(argv=None):
     bx.set_title("(b) perplexity cost of the same edits", fontsize=9)
     if damage:
         draw_effect_vs_damage(cx, damage, EXPERIMENT)
-    cx.set_title("(c) loops removed against perplexity cost (labels: K of the top set)", fontsize=9)
+    cx.set_title("(c) loops removed against perplexity cost (labels: K of the top set, from 250)", fontsize=9)
     dx.bar([r["layer"] for r in layers], [r["count"] for r in layers], color="C3")
     dx.set_xlabel("layer")
     dx.set_ylabel(f"neurons in the top {100 * float(setting['top_fraction']):.1f}% by delta")

@@ -282,7 +282,8 @@ def last_step(run_dir: Path) -> int:
 
 
 def temporaries(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.glob(".*.tmp")) if run_dir.is_dir() else []
+    """Leftovers of atomic writes that were cut short, anywhere in the run directory."""
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*.tmp")) if run_dir.is_dir() else []
 
 
 def mode_problems(run_dir: Path) -> list[str]:

@@ -196,3 +196,13 @@ def test_model_without_mlp_activation_module_is_refused():
 
     with pytest.raises(UserError, match="no MLP activation module to hook"):
         HFSubject.build("no-mlp", NoMLP(), Tok(), torch.device("cpu"), torch.float32)
+
+
+def test_smoke_preset_shrinks_every_stage_and_passes_the_precheck(tiny_model_dir, tmp_path):
+    cfg = compose("repetition", ["+preset=smoke", "lm=hf", f"lm.path={tiny_model_dir}", f"hydra.run.dir={tmp_path / 'run'}"],
+                  with_hydra=True)
+    assert (cfg.collect.n_rank, cfg.collect.n_heldout, cfg.collect.n_plain) == (3, 2, 2)
+    assert list(cfg.intervene.ks) == [0, 20] and cfg.intervene.random_draws == 1 and cfg.perplexity.max_tokens == 512
+    assert cfg.collect.greedy_len == 200 and cfg.detector.ngram == 10  # the protocol itself is unchanged
+    precheck(cfg)
+    assert not (tmp_path / "run").exists()

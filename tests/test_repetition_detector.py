@@ -1,4 +1,4 @@
-"""Loop detector and onset filter on constructed token sequences (spec section 2)."""
+"""Loop detector and onset filter on constructed token sequences (as in Hiraoka & Inui 2025)."""
 from __future__ import annotations
 
 import random

@@ -35,8 +35,9 @@ def test_bottom_is_the_most_negative_end_and_random_draws_are_reproducible():
     assert s.select("bottom", 3).tolist() == s.ranking[::-1][:3].tolist()
     assert s.select("random", 12, 2).tolist() == sets().select("random", 12, 2).tolist()
     assert len(s.select("none", 0)) == 0 and len(s.select("random", 0, 1)) == 0
-    with pytest.raises(UserError, match="intervene.selections"):
-        check_selections(["top", "middle"], "intervene.selections")
+    for bad in (["top", "middle"], ["top", "top"], []):
+        with pytest.raises(UserError, match="intervene.selections"):
+            check_selections(bad, "intervene.selections")
 
 
 def test_conditions_give_every_selection_its_first_draw_before_any_second():

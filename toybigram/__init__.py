@@ -4,7 +4,20 @@ A bigram-with-triggers sampler, a two-layer associative-memory transformer, prob
 memories, and an analytic calculator of its logits.
 """
 import os
+import signal
+import sys
 import time
+
+
+def _interrupted_while_starting(signum, frame):
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(128 + signum)
+
+
+# Started as a command (`python -m toybigram.<app>`: argv[0] is "-m" while the package loads),
+# Ctrl-C before the app takes over ends quietly instead of with a traceback from an import.
+if sys.argv[:1] == ["-m"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 
 def _cores_busy(samples: int = 3) -> bool:

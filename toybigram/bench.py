@@ -41,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from toybigram.build import apply_threads, resolve_device, validate
-from toybigram.cli import _first_lines, compose
+from toybigram.cli import first_lines, compose
 from toybigram.config import register_configs
 from toybigram.ensemble import instance_configs
 from toybigram.errors import ConfigError, UserError, exit_with
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise
         except Exception as err:  # Hydra/OmegaConf composition errors
 
-            raise UserError(_first_lines(err)) from None
+            raise UserError(first_lines(err)) from None
         if args.matmul_size < 1:
             raise ConfigError(f"--matmul-size: must be positive, got {args.matmul_size}")
         result = run_benchmark(cfg, steps=args.steps, warmup=args.warmup, sampler_shape=args.sampler_shape,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from toybigram.checks import SEED_LIMIT, boolean, choice, integer, number
 from toybigram.checks import seed as check_seed
-from toybigram.config import LOSSES, OPTIMIZERS, PROGRESS_MODES, SCHEDULES
+from toybigram.config import LOSSES, OPTIMIZERS, PROGRESS_MODES, SCHEDULES, TrainAppConfig
 from toybigram.data import BigramChain, TriggerSampler, build_chain
 from toybigram.data.bigram import chain_vocab_size
 from toybigram.data.sampler import check_trigger_settings, require_trigger_support
@@ -126,7 +127,10 @@ def validate(cfg: DictConfig) -> tuple[BigramChain, ModelSpec]:
 
 
 def _check_top_level(cfg: DictConfig) -> torch.device:
-    """seed, data_seed, device and threads (max_memory_gb is checked with the memory estimate, last)."""
+    """No unknown keys; seed, data_seed, device and threads (max_memory_gb is checked with the memory estimate, last)."""
+    known = {f.name for f in fields(TrainAppConfig)} | {"hydra"}
+    for key in cfg:
+        require(key in known, str(key), "unknown setting (a `+key=value` override adds a key the training app does not read)")
     check_seed(cfg.seed, "seed")
     check_seed(cfg.data_seed, "data_seed")
     device = resolve_device(cfg.device)

@@ -16,14 +16,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from toybigram.errors import DIVERGED_EXIT_CODE, INTERRUPT_EXIT_CODE, USAGE_EXIT_CODE, UserError, exit_with
-from toybigram.rundir import DIVERGED, FAILED, read_summary, run_status, write_failed_summary
+from toybigram.rundir import DIVERGED, FAILED, check_writable_dir, read_summary, run_status, write_failed_summary
 from toybigram.runio import SUMMARY_FILE
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 
-def _first_lines(error: BaseException) -> str:
+def first_lines(error: BaseException) -> str:
     """Hydra/OmegaConf messages carry the reason in the first lines and in their cause."""
     parts = [str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__]
     cause = error.__cause__ or error.__context__
@@ -63,14 +63,11 @@ def run_app(
     args = sys.argv[1:]
     is_multirun = any(a in MULTIRUN_FLAGS for a in args)
     informational = any(a.startswith(("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion")) for a in args)
-    if not is_multirun and not informational:
-        overrides = [a for a in args if not a.startswith("-")]
-        try:
-            cfg = compose(config_name, overrides, with_hydra=True)
-        except UserError as err:
-            exit_with(err)
-        except Exception as err:  # Hydra/OmegaConf composition errors: unknown keys, bad types
-            exit_with(_first_lines(err))
+    overrides = [a for a in args if not a.startswith("-")]
+    if is_multirun and not informational:
+        precheck_sweep(config_name, overrides)
+    elif not informational:
+        cfg = compose_or_exit(config_name, overrides)
         if precheck is not None:
             with user_errors():
                 precheck(cfg)
@@ -92,6 +89,36 @@ def run_app(
     if is_multirun and SWEEP_OUTCOME:
         codes = set(SWEEP_OUTCOME.values())
         sys.exit(USAGE_EXIT_CODE if USAGE_EXIT_CODE in codes else DIVERGED_EXIT_CODE)
+
+
+def compose_or_exit(config_name: str, overrides: list[str]) -> DictConfig:
+    """The composed config with Hydra's node, or one ``error:`` line for an unknown key or a bad type."""
+    try:
+        return compose(config_name, overrides, with_hydra=True)
+    except UserError as err:
+        exit_with(err)
+    except Exception as err:  # Hydra/OmegaConf composition errors: unknown keys, bad types
+        exit_with(first_lines(err))
+
+
+def precheck_sweep(config_name: str, overrides: list[str]) -> None:
+    """Before a multirun starts: every job's overrides compose, and the sweep directory can be written.
+
+    Values a job's own check refuses (a vocabulary of 1, say) are left to that job, which fails
+    alone; what would stop Hydra itself (an unknown key, a bad type, a bad sweep syntax) ends here.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    except Exception as err:  # override syntax, or a sweep kind the basic sweeper cannot expand
+        exit_with(first_lines(err))
+    for job in jobs:
+        cfg = compose_or_exit(config_name, job)
+    with user_errors():
+        check_writable_dir(Path(cfg.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 @contextmanager

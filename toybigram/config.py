@@ -75,6 +75,7 @@ class TrainConfig:
     overwrite: bool = False  # allow reusing a directory that holds a finished run
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     theory: bool = True  # run the analytic logit calculator on the final model
+    report: bool = True  # write report.html (python -m toybigram.report) when the command-line job ends
     # Train S runs together in one process along an instance axis (toybigram.ensemble);
     # run i writes <run dir>/instance{i}/ exactly as a separate run would.
     instances: int = 1

@@ -1,4 +1,4 @@
-"""The associative-memory transformer (spec: bigram_induction.md, section 2).
+"""The associative-memory transformer (the derivation is in docs/theory.md).
 
 Row-vector convention: activations are (batch, position, d). A matrix W acts on a
 column vector as W x, so on rows as ``x @ W.T``; a bilinear score x_t^T W x_s is
@@ -287,7 +287,7 @@ class AssociativeTransformer(HookedModule):
             x = block(x, self.W_rel, read if i == 0 else None)
         return x @ self.W_U
 
-    # -- the memories, named as in the spec ------------------------------------------------
+    # -- the memories, named as in docs/theory.md ------------------------------------------------
     def ov(self, layer: int) -> torch.Tensor:
         """W_O W_V of ``layer`` (0-based); Phi_1 = ov(0)."""
         attn = self.blocks[layer].attn

@@ -29,7 +29,7 @@ FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
 THEORY_FILES = ("theory.json", "theory", "theory_*")  # the main job's analysis; the theory command's
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
 RESUMABLE_SETTINGS = {
-    ("train", "steps"), ("train", "resume"), ("train", "progress"), ("train", "overwrite"), ("train", "theory"),
+    ("train", "steps"), ("train", "resume"), ("train", "progress"), ("train", "overwrite"), ("train", "theory"), ("train", "report"),
     ("train", "instances"), ("train", "instance_seeds"), ("train", "instance_data_seeds"), ("train", "instance_lrs"),
 }
 RESUMABLE_TOP_LEVEL = {"device", "threads", "max_memory_gb"}
@@ -83,14 +83,17 @@ def mismatched_settings(saved: dict, settings: dict) -> list[str]:
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> str:
     """Refuse to clobber a run, or to resume one that is not there or does not match.
 
-    Returns what the run will do: ``new``, ``resume``, or ``theory`` (a finished run whose
-    theory analysis was interrupted: resuming completes it).
+    Returns what the run will do: ``new``, ``resume``, ``restart`` (a run stopped before its
+    first checkpoint starts again from step 0), or ``theory`` (a finished run whose theory
+    analysis was interrupted: resuming completes it).
     """
     run_dir = Path(run_dir)
     check_writable_dir(run_dir)
     summary, checkpoint = read_summary(run_dir), run_dir / CHECKPOINT_FILE
     status = run_status(summary)
     if cfg.train.resume:
+        if not checkpoint.is_file() and status is None and (run_dir / METRICS_FILE).is_file():
+            return "restart"  # stopped before its first checkpoint: nothing to continue from
         if not checkpoint.is_file():
             raise UserError(f"train.resume: no checkpoint to resume in {run_dir} (set hydra.run.dir to the run's directory)")
         saved = load_checkpoint(checkpoint, setting="train.resume")

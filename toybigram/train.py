@@ -29,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from toybigram.build import apply_threads, data_seeds, make_sampler, resolve_device, validate
 from toybigram.config import register_configs
-from toybigram.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_run, save_checkpoint
+from toybigram.checkpoint import CHECKPOINT_FILE, clean_stale_temporaries, load_checkpoint, load_run, save_checkpoint
 from toybigram.data import Batch, BigramChain, TriggerSampler
 from toybigram.ensemble import ENSEMBLE_FILE, StackedModels, run_layout
 from toybigram.errors import DIVERGED_EXIT_CODE, UserError
 from toybigram.evaluation import evaluate, training_loss
 from toybigram.model import AssociativeTransformer
+from toybigram.report import write_report
 from toybigram.rundir import DIVERGED, FINISHED, check_run_dir, prepare_run_dir, read_summary, run_settings
 from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, append_jsonl, atomic_write_text, provenance, read_jsonl, write_json, write_jsonl
 
@@ -75,7 +76,8 @@ def check_layout(cfg: DictConfig, run_dir: Path) -> list[str]:
     layout = run_layout(cfg, run_dir)
     actions = [check_run_dir(single, directory) for single, directory in layout]
     if cfg.train.resume and len(layout) > 1:
-        steps = {load_checkpoint(directory / CHECKPOINT_FILE, setting="train.resume")["step"] for _, directory in layout}
+        steps = {load_checkpoint(directory / CHECKPOINT_FILE, setting="train.resume")["step"]
+                 for (_, directory), action in zip(layout, actions) if action == "resume"}
         if len(set(actions)) > 1 or len(steps) > 1:
             raise UserError(f"train.resume: the instances in {run_dir} stopped at different points (steps {sorted(steps)}); "
                             "resume each instance{i}/ directory as a single run")
@@ -325,7 +327,9 @@ def start_runs(cfg: DictConfig, run_dir: Path, actions: list[str], chain, spec) 
     for (single, directory), action in zip(run_layout(cfg, run_dir), actions):
         prepare_run_dir(directory, single.train.overwrite, single.train.resume)
         run = RunState(single, directory, build_run(single, chain, spec, device), run_settings(single), chain)
-        if action == "new":
+        if action in ("new", "restart"):
+            if action == "restart":
+                log.info("%s has no checkpoint yet: training starts again from step 0", directory)
             write_jsonl(run.metrics_path, [])
             if cfg.train.instances > 1:  # what a separate run's .hydra/config.yaml holds
                 atomic_write_text(directory / INSTANCE_CONFIG_FILE, OmegaConf.to_yaml(single))
@@ -455,6 +459,7 @@ def finish(runs: list[RunState], step: int, start: float) -> list[dict]:
 
 def complete_theory(cfg: DictConfig, run_dir: Path) -> dict:
     """A finished run whose theory analysis was cut short: run it now."""
+    clean_stale_temporaries(run_dir)
     model, _ = load_run(run_dir)
     return add_theory(run_dir, model, cfg, read_summary(run_dir))
 
@@ -564,6 +569,8 @@ def main_task(cfg: DictConfig) -> dict | list[dict] | None:
         sys.exit(stop.exit_code)
     summaries = summary if isinstance(summary, list) else [summary]
     (print_ensemble if isinstance(summary, list) else print_summary)(summary)
+    if cfg.train.report:
+        print(f"  report      {write_report(run_dir)}")
     if any(s.get("status") == DIVERGED for s in summaries) and hydra_cfg.mode != RunMode.MULTIRUN:
         sys.exit(DIVERGED_EXIT_CODE)
     return summary

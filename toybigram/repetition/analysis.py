@@ -1,4 +1,4 @@
-"""Teacher-forced analyses on the ranking texts (spec sections 3-5).
+"""Teacher-forced analyses on the ranking texts (neuron scores, layers, heads).
 
 One forward pass per batch of texts (no cache) gives, at once, every neuron's mean
 activation at each offset from the onset (for the delta score and the onset profile)

@@ -1,4 +1,4 @@
-"""Loop detector and onset on token ids (spec section 2), matching integer lists.
+"""Loop detector and onset on token ids (as in Hiraoka & Inui 2025), matching integer lists.
 
 A text repeats when some n-gram occurs k times inside an r-token window at equal
 spacing. Scanning from the left, the first such window wins; the onset is the start of

@@ -65,10 +65,10 @@ def tables(run_dir: Path) -> dict[str, list[dict]]:
         "n_heldout": max((r["n_prompts"] for r in rows if r["experiment"] == "deactivate"), default=0),
         "n_plain": max((r["n_prompts"] for r in rows if r["experiment"] == "activate"), default=0),
         "new_tokens": cfg.intervene.new_tokens,
-        "random_draws": max((r["draw"] + 1 for r in rows if r["selection"] in ("random", "layer")), default=0),
+        "random_draws": draws_range([r for r in loops.get("deactivate", []) if r["selection"] in ("random", "layer")]),
         "ppl_text": cfg.perplexity.text,
         "ppl_tokens": sum(ppl_rows[0]["window_tokens"]) if ppl_rows else 0,
-        "ppl_draws": max((r["draw"] + 1 for r in ppl_rows if r["selection"] in ("random", "layer")), default=0),
+        "ppl_draws": draws_range([r for r in ppl if r["experiment"] == "deactivate" and r["selection"] in ("random", "layer")]),
         "top_fraction": layers["top_fraction"],
     }
     return {
@@ -79,6 +79,12 @@ def tables(run_dir: Path) -> dict[str, list[dict]]:
                    for layer, depth, count in zip(layers["layers"], layers["relative_depth"], layers["counts"])],
         "setting": [{"key": key, "value": value} for key, value in setting.items()],
     }
+
+
+def draws_range(table: list[dict]) -> str:
+    """Random draws per K as the caption states them: "3", or "1-2" while a sweep is part-way."""
+    counts = sorted({int(r["n_draws"]) for r in table})
+    return "0" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

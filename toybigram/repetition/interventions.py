@@ -1,4 +1,4 @@
-"""Deactivation and activation sweeps over K for each neuron selection (spec section 6).
+"""Deactivation and activation sweeps over K for each neuron selection (as in Hiraoka & Inui 2025).
 
 Edits hit the newest position of every greedy step (KV cache on; prompt positions keep
 their values). Deactivate: set the neurons to 0 while continuing held-out repetitive

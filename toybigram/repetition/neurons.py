@@ -1,6 +1,6 @@
 """Neurons: global indexing, activation capture around the onset, the delta score, edits.
 
-A neuron is one channel of a layer's MLP activation output (spec section 3). All sites
+A neuron is one channel of a layer's MLP activation output (as in Hiraoka & Inui 2025). All sites
 are numbered together (site 0's channels first), so one ranking covers every layer.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def edited(subject, edit: Optional[NeuronEdit]) -> Iterator[None]:
 class OnsetWindowSums:
     """Sum of every neuron's activation at offsets -before..after-1 from the onset, over texts.
 
-    Offset j is the position s + j; with before=after=30 the spec's windows are
+    Offset j is the position s + j; with before=after=30 the score's windows are
     offsets -31..-2 (before, [s-31, s-1)) and -1..28 (after, [s-1, s+29)). We keep the
     span [-lo, hi) wide enough for both the score and the -30..+29 profile.
     """
@@ -114,7 +114,7 @@ class OnsetWindowSums:
 
 
 def delta_scores(profile: np.ndarray, offsets: np.ndarray, width: int = 30) -> np.ndarray:
-    """delta_n = mean activation on [s-1, s-1+width) - mean on [s-1-width, s-1) (spec section 4).
+    """delta_n = mean activation on [s-1, s-1+width) - mean on [s-1-width, s-1) (the paper's score).
 
     Every text adds exactly ``width`` tokens to each window, so the mean over all
     window tokens equals the mean over offsets of the per-offset means.

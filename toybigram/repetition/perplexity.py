@@ -1,4 +1,4 @@
-"""Perplexity on held-out text with neurons changed at every position (spec section 6).
+"""Perplexity on held-out text with neurons changed at every position (as in Hiraoka & Inui 2025).
 
 No downloads, so the English text is one the machine already has:
 - ``python_docs`` (default): the prose paragraphs of the Python language reference

@@ -124,7 +124,7 @@ def draw_effect_vs_damage(ax, rows: list[dict], experiment: str) -> None:
         xerr = [[v - r["ratio_lo"] for v, r in zip(x, pts)], [r["ratio_hi"] - v for v, r in zip(x, pts)]]
         _errorbars(ax, x, [r["effect"] for r in pts], [r["effect_lo"] for r in pts], [r["effect_hi"] for r in pts], selection, xerr=xerr)
         if selection == "top":
-            for r in pts:
+            for r in (r for r in pts if r["k"] >= 250):  # the smaller K crowd near a ratio of 1
                 ax.annotate(f"{r['k']}", (r["ratio"], r["effect"]), textcoords="offset points", xytext=(3, 3), fontsize=6, color=STYLE["top"][1])
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xscale("log")

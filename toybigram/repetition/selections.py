@@ -77,6 +77,6 @@ class NeuronSets:
 def check_selections(selections: Sequence[str], setting: str) -> list[str]:
     chosen = [str(s) for s in selections]
     unknown = [s for s in chosen if s not in SELECTIONS]
-    if unknown or not chosen:
-        raise ConfigError(f"{setting}: choose from {', '.join(SELECTIONS)} (got {chosen})")
+    if unknown or not chosen or len(set(chosen)) < len(chosen):
+        raise ConfigError(f"{setting}: choose one or more of {', '.join(SELECTIONS)}, each once (got {chosen})")
     return chosen

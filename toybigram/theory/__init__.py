@@ -1,4 +1,4 @@
-"""The analytic logit calculator (spec sections 3-5) and its comparison with the model."""
+"""The analytic logit calculator and its comparison with the model."""
 from toybigram.theory.calculator import Layer1, Prediction, Strengths, agreement, closed_form_incontext, hijack_threshold, predict
 from toybigram.theory.compare import analyze_run
 from toybigram.theory.ideal import ideal_model, log_bigram

@@ -1,4 +1,4 @@
-"""The analytic logit calculator (spec sections 3-4): pure functions of strengths and prompts.
+"""The analytic logit calculator: pure functions of strengths and prompts.
 
 Ignoring cross-talk, at every query position t of a prompt z (0-indexed here):
 
@@ -12,7 +12,7 @@ Ignoring cross-talk, at every query position t of a prompt z (0-indexed here):
     logit     = G + IC                                compare after centring over j
 
 Lambda, B are (N, N) in the embedding basis; scalars and per-token vectors stand for
-diagonal matrices (the spec's lambda_q, beta_j). Everything is batched over prompts
+diagonal matrices (lambda_q, beta_j in docs/theory.md). Everything is batched over prompts
 (B, T) and all query positions at once.
 
 Further paths (the ``full`` read of a trained model, strengths.py): the residual stream at s

@@ -1,7 +1,7 @@
 """The corrected calculator for ideal builds: cross-talk in closed form from Gram matrices.
 
 Every ideal memory reads the residual stream along a fixed family of directions and
-writes along another (spec section 3):
+writes along another:
 
     W_K^2 reads the query along w_E(k) and the key along Phi_1 w_E(k)    (strength lambda_k)
     W_O^2 W_V^2 reads a value along v_k = W_V^2T W_V^2 w_E(k), writes beta_k w_U(k)

@@ -1,4 +1,4 @@
-"""Ideal construction (spec section 3): a model whose trainable weights are the ideal memories.
+"""Ideal construction: a model whose trainable weights are the ideal memories.
 
     W_K^1 = sum_t alpha_t p_t p_{t-1}^T          (ape)
           = alpha sum_k w_E(k) r_1^T             (rpe)

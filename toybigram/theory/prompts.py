@@ -1,4 +1,4 @@
-"""Designed prompts (spec section 5), with exact counts.
+"""Designed prompts, with exact counts.
 
 A designed prompt of length T ends with the query q and holds q nowhere else except in
 "q o" pairs: q is followed by o_i exactly c_i times. Filler tokens come from the global

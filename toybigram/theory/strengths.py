@@ -1,4 +1,4 @@
-"""Strengths read from a model's weights (spec section 4, last paragraph).
+"""Strengths read from a model's weights.
 
 Three variants:
 - ``diagonal``: alpha_t (ape) or a relative-position profile (rpe/rope), lambda_k, beta_k
