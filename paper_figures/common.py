@@ -67,11 +67,15 @@ def seeds_note(rows: list[dict], key: str) -> str:
 
 
 def _atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so readers see the old file or the whole new one, with a plain file's mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

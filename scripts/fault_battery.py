@@ -683,19 +683,32 @@ def interrupt(ctx: Context, report: Report, args: Sequence[str], moment: Callabl
     return None
 
 
-def resume_and_check(ctx: Context, report: Report, args: Sequence[str], theory: bool, lenient_start: bool = False) -> None:
-    """Resume with train.resume=true: exit 0 and a run identical to the uninterrupted one."""
+def run_complete(run_dir: Path, theory: bool) -> bool:
+    """summary.json says finished and, with the theory on, quotes its headline: nothing is left to do."""
+    summary = read_json_file(run_dir / "summary.json") or {}
+    return summary.get("status") == "finished" and (not theory or "theory" in summary)
+
+
+def resume_and_check(ctx: Context, report: Report, args: Sequence[str], theory: bool) -> None:
+    """Resume with train.resume=true: exit 0 and a run identical to the uninterrupted one.
+
+    A signal that came after the run had done everything leaves a finished run; resuming
+    that must be refused with the data untouched.
+    """
     reference = ctx.fixtures.get("ref")
-    result = report.saw(ctx.run(TRAIN, *args, "train.resume=true"))
-    if lenient_start and result.code == USAGE and "train.overwrite" in result.first_line:
-        report.saw(ctx.run(TRAIN, *args, "train.overwrite=true"), main=False)  # nothing was saved: starting over is the way
-    elif not report.expect(result.code == 0, f"resume exit code {result.code}: {result.first_line}"):
-        return
+    if run_complete(ctx.run_dir, theory):
+        before = snapshot(ctx.run_dir)
+        report.problems += refusal_problems(report.saw(ctx.run(TRAIN, *args, "train.resume=true")), ("train.resume",))
+        compare_snapshots(report, before, snapshot(ctx.run_dir))
+    else:
+        result = report.saw(ctx.run(TRAIN, *args, "train.resume=true"))
+        if not report.expect(result.code == 0, f"resume exit code {result.code}: {result.first_line}"):
+            return
     check_finished_run(report, ctx.run_dir, reference, theory)
 
 
 def killed_case(name: str, moment: Callable[[Path], bool], theory: bool = False, busy_after: int | None = None,
-                delay: Callable[[int], float] | None = None, lenient_start: bool = False) -> Case:
+                delay: Callable[[int], float] | None = None) -> Case:
     def procedure(ctx: Context, report: Report) -> None:
         ctx.fixtures.get("ref")
         args = kill_args(ctx, theory)
@@ -703,7 +716,7 @@ def killed_case(name: str, moment: Callable[[Path], bool], theory: bool = False,
         if killed is None:
             return
         report.expect(killed.code == KILLED, f"the run exited {killed.code} before the kill")
-        resume_and_check(ctx, report, args, theory, lenient_start)
+        resume_and_check(ctx, report, args, theory)
 
     return Case(name, "train: kill -9 + resume", f"train SHORT{' theory=true' if theory else ''}; kill -9 {name}; resume",
                 "resumed run identical to the uninterrupted one", procedure)
@@ -738,7 +751,7 @@ def double_kill_case() -> Case:
 
 def kill_cases() -> list[Case]:
     cases = [
-        killed_case("before the first checkpoint", rows_at_least(1), lenient_start=True),
+        killed_case("before the first checkpoint", rows_at_least(1)),
         killed_case("after the step-10 row and checkpoint", checkpointed_rows(2)),
         killed_case("after the step-20 row", checkpointed_rows(3)),
         killed_case("after the step-30 row", checkpointed_rows(4)),
