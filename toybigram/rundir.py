@@ -92,6 +92,9 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> str:
     summary, checkpoint = read_summary(run_dir), run_dir / CHECKPOINT_FILE
     status = run_status(summary)
     if cfg.train.resume:
+        if status == DIVERGED:
+            raise UserError(f"train.resume: the run in {run_dir} diverged at step {summary.get('diverged_at_step')}; "
+                            "start over with train.overwrite=true and other settings")
         if not checkpoint.is_file() and status is None and (run_dir / METRICS_FILE).is_file():
             return "restart"  # stopped before its first checkpoint: nothing to continue from
         if not checkpoint.is_file():
@@ -100,9 +103,6 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> str:
         mismatched = mismatched_settings(saved["config"], run_settings(cfg))
         if mismatched:
             raise UserError(f"train.resume: settings differ from the checkpoint in {run_dir}: {', '.join(mismatched)}")
-        if status == DIVERGED:
-            raise UserError(f"train.resume: the run in {run_dir} diverged at step {summary.get('diverged_at_step')}; "
-                            "start over with train.overwrite=true and other settings")
         if status == FINISHED and saved["step"] >= cfg.train.steps:
             if cfg.train.theory and "theory" not in summary:
                 return "theory"
