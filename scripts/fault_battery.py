@@ -773,9 +773,10 @@ def kill_cases() -> list[Case]:
 # -- resuming and reusing run directories ----------------------------------------------------------
 
 
-def reuse_case(name: str, fixture: str | None, extra: Sequence[str], names: Sequence[str],
+def reuse_case(name: str, fixture: str | None, extra: Sequence[str], names: str | Sequence[str],
                edit: Callable[[Path], None] | None = None) -> Case:
     """Reusing a directory that holds a run (or nothing) the wrong way: refused, the data untouched."""
+    names = as_tuple(names)
 
     def procedure(ctx: Context, report: Report) -> None:
         if fixture:
@@ -796,11 +797,16 @@ def drop_summary(run_dir: Path) -> None:
 
 
 DIVERGING = ("optim.lr=1e30", "train.ckpt_every=1")  # diverges at step 2, after a checkpoint at step 1
+DIVERGING_AT_ONCE = ("optim.lr=1e30",)  # diverges at step 2, before the first checkpoint
 
 
-def diverge_first(run_dir: Path) -> None:
-    args = [*merged(SHORT, DIVERGING), f"hydra.run.dir={run_dir}"]
-    Child(TRAIN, args, run_dir.parent / "logs").wait()
+def diverged_before(overrides: Sequence[str]) -> Callable[[Path], None]:
+    """Train a run that diverges into the directory first."""
+
+    def train_it(run_dir: Path) -> None:
+        Child(TRAIN, [*merged(SHORT, overrides), f"hydra.run.dir={run_dir}"], run_dir.parent / "logs").wait()
+
+    return train_it
 
 
 def overwrite_case() -> Case:
@@ -837,7 +843,9 @@ def run_dir_cases() -> list[Case]:
         reuse_case("resume with another d_model", "ref", ("train.resume=true", "model.d_model=32"), "model.d_model", edit=drop_summary),
         reuse_case("resume with another seed", "ref", ("train.resume=true", "seed=5"), "seed", edit=drop_summary),
         reuse_case("resume a diverged run", None, ("train.resume=true", *DIVERGING), "diverged",
-                   edit=diverge_first),
+                   edit=diverged_before(DIVERGING)),
+        reuse_case("resume a run that diverged before its first checkpoint", None, ("train.resume=true", *DIVERGING_AT_ONCE),
+                   "diverged", edit=diverged_before(DIVERGING_AT_ONCE)),
         reuse_case("resume in an empty directory", None, ("train.resume=true",), "train.resume", edit=lambda d: d.mkdir()),
         reuse_case("resume in a missing directory", None, ("train.resume=true",), "train.resume"),
         reuse_case("resume with a truncated checkpoint", "ref", ("train.resume=true",), ("checkpoint", "train.resume"),

@@ -1,7 +1,7 @@
 """The command line under faults, through real subprocesses: bad settings, kill -9, Ctrl-C, divergence, sweeps.
 
 A representative subset of scripts/fault_battery.py (which runs hundreds of such cases); the
-helpers that start, watch and interrupt the runs come from there.
+functions that start, watch and interrupt the runs come from there.
 """
 import importlib.util
 import json

@@ -564,6 +564,7 @@ def main_task(cfg: DictConfig) -> dict | list[dict] | None:
     try:
         summary = train(cfg, run_dir)
     except Interrupted as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped already: a further Ctrl-C has nothing to stop
         sys.stderr.write(f"{stop}: checkpoint saved; resume with: {resume_command(run_dir, list(hydra_cfg.overrides.task))}\n")
         sys.stderr.flush()
         sys.exit(stop.exit_code)
