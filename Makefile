@@ -13,10 +13,14 @@ venv: $(STAMP)
 # The CPU build of torch is pinned and installed first, so the range in
 # pyproject.toml never pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lm]'
-	touch $(STAMP)
+	@echo "set-up 1/3: virtual environment in $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "set-up 2/3: $(TORCH_PIN) (CPU build)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	@echo "set-up 3/3: toybigram and its dependencies (numpy, scipy, matplotlib, hydra-core, pytest, transformers)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lm]'
+	@touch $(STAMP)
+	@echo "set-up done"
 
 run: $(STAMP)
 	$(PY) -m toybigram.train $(ARGS)
@@ -24,7 +28,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# Every paper figure, quick profile (~9 min on 2 CPU cores): sweeps, analyses, tables, PNG + PDF.
+# Every paper figure made from sweeps, quick profile (about 3 min on 2 CPU cores, more beside other jobs):
+# sweeps, analyses, tables, PNG + PDF. Figure 8 comes from the repetition study (docs/repetition.md).
 figures: $(STAMP)
 	$(PY) experiments/run.py all --profile quick
 

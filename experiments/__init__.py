@@ -1,1 +1,1 @@
-"""Experiment runners, post-run analyses and aggregation for the paper figures (docs/experiments.md)."""
+"""Paper figures: sweeps of the experiment configs, post-run analyses, tables and plots (docs/experiments.md)."""

@@ -1,25 +1,29 @@
 """Regenerate paper figures: sweeps -> post-run analysis -> tables -> PNG and PDF.
 
-    python experiments/run.py all --profile quick               # `make figures`: every figure, ~3 min on 2 idle CPU cores
+    python experiments/run.py all --profile quick               # `make figures`: every figure made from sweeps
     python experiments/run.py fig3 --profile paper --launcher slurm_gpu   # the same sweeps on a Slurm cluster
     python experiments/run.py fig3 --seeds-together             # each point's seeds trained together in one job (GPU)
     python experiments/run.py fig4 --skip-train                 # re-analyse existing runs, re-aggregate, re-plot
     python experiments/run.py fig1 --plot-only                  # only redraw from paper_figures/data/
+    python experiments/run.py fig8                              # a figure whose tables come from elsewhere: redraw
 
 Before anything runs, every experiment config the figures need is composed with the
 ``--override``s and every point of its grid is validated: a bad override ends in one
 ``error:`` line and exit code 2, with nothing written.
 
-Steps per figure: (1) each experiment config it needs runs as a Hydra multirun
-(`python -m toybigram.train -m +experiment=<name>`) into its sweep directory, emptied first; a
-sweep shared by several figures runs once per invocation; a job that fails or diverges fails
-alone, and the others go on; (2) analyses that need a model write
-<run>/experiments/<result>.json for every usable run; (3) each run's summary.json and settings
-are checked (experiments/aggregate.py): the figure's tables are built only when every point of
-every grid has a finished run with the experiment's settings; (4) the tables and the figure are
-written to a temporary folder, and moved to paper_figures/data/ and paper_figures/ only when the
-figure script has drawn them. A figure with failed or missing runs keeps its previous tables and
-figure; the run ends with a `failed: <figure> (...)` line and exit code 2.
+Each figure is a module of experiments/figures/ (experiments.figure.Figure). Steps per figure:
+(1) each experiment config it needs runs as a Hydra multirun
+(`python -m toybigram.train -m +experiment=<name> profile=<profile>`) into its sweep directory,
+emptied first; a sweep shared by several figures runs once per invocation; a job that fails or
+diverges fails alone, and the others go on; (2) analyses that need a model write
+<run>/experiments/<result>.json for every usable run, and inputs that are not sweeps are built;
+(3) each run's summary.json and settings are checked (experiments/runs.py): the figure's tables
+are built only when every point of every grid has a finished run with the experiment's settings;
+(4) the tables and the figure are written to a temporary folder, and moved to paper_figures/data/
+and paper_figures/ only when the figure has been drawn from them. A figure with failed or missing
+runs keeps its previous tables and figure; the run ends with a `failed: <figure> (...)` line and
+exit code 2. ``all`` is every figure made from sweeps; a figure whose tables come from elsewhere
+(Figure 8) is redrawn when named.
 
 ``--allow-missing`` builds a figure from the usable runs when every point of every grid (seeds
 aside) still has at least one of them: the runs left out are listed, the means are over fewer
@@ -29,7 +33,6 @@ run at all still fails the figure.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -37,16 +40,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.aggregate import RESULTS_DIR, collect, write_table  # noqa: E402
-from experiments.analysis import width_agreement  # noqa: E402
-from experiments.figures import DATA_DIR, FIGURES, FIGURES_DIR, WIDTH_BUILDS, WIDTHS, Figure, Setup, figure_tables, width_file  # noqa: E402
-from experiments.sweeps import PROFILES, Sweep, launch  # noqa: E402
-from toybigram.cli import compose, first_lines  # noqa: E402
-from toybigram.errors import INTERRUPT_EXIT_CODE, UserError, exit_with  # noqa: E402
-from toybigram.rundir import check_writable_dir  # noqa: E402
-from toybigram.runio import atomic_write_bytes, write_json  # noqa: E402
+from experiments.figure import DATA_DIR, FIGURES_DIR, Figure, Input, figure_tables, registry
+from experiments.runs import RESULTS_DIR, collect
+from experiments.sweeps import PROFILES, Setup, launch
+from experiments.tables import write_table
+from toybigram.cli import compose, first_lines
+from toybigram.errors import INTERRUPT_EXIT_CODE, UserError, exit_with
+from toybigram.rundir import check_writable_dir
+from toybigram.runio import atomic_write_bytes, write_json
 
 LAUNCHERS = ("joblib", "basic", "submitit_local", "submitit_slurm", "slurm_cpu", "slurm_gpu")
 
@@ -70,7 +71,7 @@ def positive_int(text: str) -> int:
 
 def parse_args(argv) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("figure", choices=[*FIGURES, "all"], nargs="+")
+    parser.add_argument("figure", choices=[*registry(), "all"], nargs="+")
     parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--launcher", default="joblib", choices=LAUNCHERS,
                         help="Hydra launcher for the sweeps: joblib (local, parallel), basic (one after another), "
@@ -107,16 +108,9 @@ def prepare(figures: list[str], args: argparse.Namespace) -> Setup:
         except Exception as err:
             raise UserError(f"--launcher {args.launcher}: {first_lines(err)}") from None
     for name in figures:
-        for base, _ in FIGURES[name].experiments:
-            setup.sweep(base).check()
+        for item in registry()[name].inputs:
+            setup.sweep(item.experiment).check()
     return setup
-
-
-def run_script(script: Path, data_dir: Path = DATA_DIR, out_dir: Path | None = None) -> list[Path]:
-    spec = importlib.util.spec_from_file_location(script.stem, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(["--data", str(data_dir), "--out", str(out_dir or script.parent)])
 
 
 def publish(staged: Path, folder: Path) -> list[Path]:
@@ -137,7 +131,7 @@ def draw(fig: Figure, tables: dict[str, list[dict]] | None, data_dir: Path, figu
         staged_data.mkdir()
         for table, rows in (tables or {}).items():
             write_table(staged_data / f"{table}.csv", rows)
-        run_script(fig.script, staged_data if tables is not None else data_dir, staged_figures)
+        fig.draw(staged_data if tables is not None else data_dir, staged_figures)
         return publish(staged_data, data_dir) + publish(staged_figures, figures_dir)
 
 
@@ -149,50 +143,41 @@ class Progress:
     analysed: set = field(default_factory=set)
 
 
-def post_run(sweep: Sweep, result: str, fn, progress: Progress) -> None:
-    """Write <run>/experiments/<result>.json for every usable run of the sweep (once per invocation)."""
-    key = (str(sweep.sweep_dir), result)
+def post_run(setup: Setup, item: Input, progress: Progress) -> None:
+    """Write <run>/experiments/<result>.json for every usable run of the input's sweep (once per invocation)."""
+    sweep = setup.sweep(item.experiment)
+    key = (str(sweep.sweep_dir), item.result)
     if key in progress.analysed:
         return
     progress.analysed.add(key)
     collected = collect(sweep.sweep_dir, sweep.axes, sweep.name, expected=sweep.expected)
     start = time.perf_counter()
     for run in collected.runs:
-        write_json(run.path / RESULTS_DIR / f"{result}.json", fn(run.path))
-    log(f"[{sweep.name}] {result}: {len(collected.runs)} runs analysed in {time.perf_counter() - start:.0f} s")
-
-
-def widths(setup: Setup) -> None:
-    """The ideal builds of Figure 5b, one JSON file per width and seed."""
-    w = WIDTHS[setup.profile]
-    start = time.perf_counter()
-    for d in w["d"]:
-        for seed in w["seeds"]:
-            write_json(width_file(setup.width_dir, d, seed), width_agreement(d, w["N"], w["T"], seed))
-    log(f"[{WIDTH_BUILDS}] {len(w['d']) * len(w['seeds'])} ideal builds in {time.perf_counter() - start:.0f} s")
+        write_json(run.path / RESULTS_DIR / f"{item.result}.json", item.analysis(run.path))
+    log(f"[{sweep.name}] {item.result}: {len(collected.runs)} runs analysed in {time.perf_counter() - start:.0f} s")
 
 
 def run_inputs(fig: Figure, setup: Setup, args: argparse.Namespace, progress: Progress) -> None:
     """Train the figure's sweeps (unless --skip-train), run its post-run analyses and builds."""
-    for base, result in fig.experiments:
-        sweep = setup.sweep(base)
+    for item in fig.inputs:
+        sweep = setup.sweep(item.experiment)
         if not args.skip_train and str(sweep.sweep_dir) not in progress.trained:
             progress.trained.add(str(sweep.sweep_dir))
             launcher = None if args.launcher == "basic" else args.launcher
             launch(sweep, launcher, args.jobs, log=log, seeds_together=args.seeds_together)
-        if result is not None:
-            post_run(sweep, result, fig.post[result], progress)
-    if WIDTH_BUILDS in fig.builds:
-        widths(setup)
+        if item.analysis is not None:
+            post_run(setup, item, progress)
+    for build in fig.builds:
+        build.make(setup, log)
 
 
 def make_figure(name: str, setup: Setup, args: argparse.Namespace, progress: Progress) -> str:
     """Sweeps, analyses, tables and figure of one figure; returns the runs left out (--allow-missing), or ''."""
-    fig = FIGURES[name]
+    fig = registry()[name]
     tables, left_out = None, ""
-    if not args.plot_only:
+    if fig.from_sweeps and not args.plot_only:
         run_inputs(fig, setup, args, progress)
-        tables, left_out = figure_tables(name, setup, args.allow_missing)
+        tables, left_out = figure_tables(fig, setup, args.allow_missing)
     paths = draw(fig, tables, args.data_dir, args.figures_dir)
     log(f"[{name}] wrote {', '.join(p.name for p in paths)}")
     return left_out
@@ -210,7 +195,8 @@ def final_line(failures: dict[str, str], left_out: dict[str, str], done: list[st
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    figures = list(FIGURES) if "all" in args.figure else list(dict.fromkeys(args.figure))
+    from_sweeps = [key for key, fig in registry().items() if fig.from_sweeps]
+    figures = from_sweeps if "all" in args.figure else list(dict.fromkeys(args.figure))
     try:
         setup = prepare(figures, args)
     except UserError as err:
@@ -232,7 +218,7 @@ def main(argv=None) -> int:
         log(f"[{name}] {'failed' if name in failures else 'done'} in {timings[name]:.0f} s")
     timings["total"] = round(time.perf_counter() - total, 1)
     complete = not failures and not left_out and not args.plot_only and not args.skip_train
-    if complete and set(figures) == set(FIGURES):
+    if complete and set(figures) >= set(from_sweeps):
         write_json(args.data_dir / f"runtimes_{args.profile}.json", {
             "seconds": timings, "launcher": args.launcher, "jobs": args.jobs, "seeds_together": args.seeds_together,
             "cpu_count": os.cpu_count()})

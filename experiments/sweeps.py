@@ -1,7 +1,9 @@
 """Experiment configs (conf/experiment/) as sweeps: their grid, their directory, their settings per point, launching them.
 
-An experiment config declares its grid in ``hydra.sweeper.params`` and its directory in
-``hydra.sweep.dir``; ``python -m toybigram.train -m +experiment=NAME`` runs the grid.
+An experiment config declares its grid in ``hydra.sweeper.params`` and takes its sizes from a
+profile (conf/profile/, and conf/sizes/<experiment>/ where an experiment's own sizes differ by
+profile); ``python -m toybigram.train -m +experiment=NAME profile=quick`` runs the grid into
+``outputs/experiments/<profile>/<experiment>/``.
 Extra overrides behave as on Hydra's command line: they apply to every job, and an
 override of a swept setting replaces that axis (``seed=0`` runs seed 0 only,
 ``seed=0,1`` runs seeds 0 and 1). Several values for a setting the experiment does not
@@ -22,24 +24,21 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-import toybigram.config  # noqa: F401  (registers the structured configs)
 from toybigram.build import validate
-from toybigram.cli import compose, first_lines
+from toybigram.cli import CONF_DIR, compose, first_lines
 from toybigram.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-PROFILES = ("quick", "paper")
+PROFILES = tuple(sorted(p.stem for p in Path(CONF_DIR, "profile").glob("*.yaml")))  # conf/profile/<name>.yaml
 SWEEP_DIR_KEY = "hydra.sweep.dir"
 # Progress of each job as plain log lines (one per evaluation), never a terminal bar: in its train.log and cluster log.
 JOB_PROGRESS = "train.progress=lines"
 JOB_REPORT = "train.report=false"  # figures read the tables; a page per sweep job would only cost time
 
 
-def experiment_name(base: str, profile: str) -> str:
-    """``fig1_dynamics`` + ``quick`` -> ``fig1_dynamics_quick``; the paper profile is the base file."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
-    return base if profile == "paper" else f"{base}_{profile}"
+def _selection(name: str, profile: str) -> list[str]:
+    """The overrides that choose an experiment config and its profile."""
+    return [f"+experiment={name}", f"profile={profile}"]
 
 
 def _parse(override: str):
@@ -70,12 +69,12 @@ def typed_value(key: str, value: str):
 
 @dataclass
 class Sweep:
-    """One experiment config with the extra overrides: its name, sweep directory, grid and settings."""
+    """One experiment config in a profile with the extra overrides: its name, sweep directory, grid and settings."""
 
     name: str
+    profile: str
     sweep_dir: Path
     axes: dict[str, list[str]]
-    config: dict  # the resolved settings shared by every point (the swept ones at their config default)
     data_seeds: dict[str, int] = field(default_factory=dict)  # the data seed each swept seed resolves to
     overrides: tuple[str, ...] = ()  # the extra overrides, as given
     base: DictConfig | None = field(default=None, repr=False)  # the composed settings, unresolved
@@ -87,15 +86,15 @@ class Sweep:
         return [dict(zip(keys, values)) for values in itertools.product(*(self.axes[k] for k in keys))]
 
     @classmethod
-    def load(cls, name: str, overrides: tuple[str, ...] = (), sweeps_dir: str | Path | None = None) -> "Sweep":
-        """Compose ``+experiment=name`` with ``overrides``; bad overrides raise UserError naming them.
+    def load(cls, name: str, profile: str, overrides: tuple[str, ...] = (), sweeps_dir: str | Path | None = None) -> "Sweep":
+        """Compose ``+experiment=name profile=profile`` with ``overrides``; bad overrides raise UserError naming them.
 
         ``sweeps_dir``: put the sweep in ``sweeps_dir/<last part of its hydra.sweep.dir>``.
         """
         parsed = [(item, _parse(item)) for item in overrides]
         fixed = [item for item, p in parsed if not p.is_sweep_override()]
         try:
-            cfg = compose("train", [f"+experiment={name}", *fixed], with_hydra=True)
+            cfg = compose("train", [*_selection(name, profile), *fixed], with_hydra=True)
         except UserError:
             raise
         except Exception as err:  # unknown keys, values of the wrong type
@@ -113,7 +112,7 @@ class Sweep:
         sweep_dir = Path(sweeps_dir) / sweep_dir.name if sweeps_dir is not None else sweep_dir
         sweep_dir = sweep_dir if sweep_dir.is_absolute() else ROOT / sweep_dir
         base = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-        sweep = cls(name, sweep_dir, axes, OmegaConf.to_container(base, resolve=True), overrides=tuple(overrides), base=base)
+        sweep = cls(name, profile, sweep_dir, axes, overrides=tuple(overrides), base=base)
         sweep.data_seeds = {seed: int(sweep.point_config({"seed": seed}).data_seed) for seed in axes.get("seed", [])}
         return sweep
 
@@ -122,7 +121,7 @@ class Sweep:
         cfg = self.base.copy()
         for key, value in point.items():
             if "." not in key and isinstance(cfg.get(key), DictConfig):  # a config group: let Hydra compose it
-                return compose("train", [f"+experiment={self.name}", *self._fixed_overrides(),
+                return compose("train", [*_selection(self.name, self.profile), *self._fixed_overrides(),
                                          *(f"{k}={v}" for k, v in point.items())])
             OmegaConf.update(cfg, key, typed_value(key, value), merge=True)
         return cfg
@@ -175,6 +174,28 @@ class Sweep:
         return [item for item in self.overrides if override_key(item) not in dropped]
 
 
+@dataclass
+class Setup:
+    """Where the sweeps of a profile live and which extra overrides they run with."""
+
+    profile: str = "quick"
+    overrides: tuple[str, ...] = ()
+    sweeps_dir: Path | None = None  # None: each experiment config's hydra.sweep.dir
+    _sweeps: dict[str, Sweep] = field(default_factory=dict, repr=False)
+
+    def sweep(self, experiment: str) -> Sweep:
+        """The sweep of an experiment config in this profile (composed once)."""
+        if experiment not in self._sweeps:
+            self._sweeps[experiment] = Sweep.load(experiment, self.profile, self.overrides, self.sweeps_dir)
+        return self._sweeps[experiment]
+
+    def build_dir(self, name: str) -> Path:
+        """Where an input that is not a sweep (e.g. Figure 5's ideal builds) is written: beside the sweeps."""
+        if self.sweeps_dir is not None:
+            return Path(self.sweeps_dir) / name
+        return ROOT / "outputs" / "experiments" / self.profile / name
+
+
 def launch(sweep: Sweep, launcher: str | None = "joblib", jobs: int = 2, fresh: bool = True,
            log=print, seeds_together: bool = False) -> tuple[int, float]:
     """Run the sweep as a Hydra multirun in a subprocess; returns (exit code, seconds).
@@ -188,8 +209,8 @@ def launch(sweep: Sweep, launcher: str | None = "joblib", jobs: int = 2, fresh: 
         shutil.rmtree(sweep.sweep_dir)
     together = sweep.seeds_together() if seeds_together else []
     job_count = len(sweep.points) // (len(sweep.axes["seed"]) if together else 1)
-    cmd = [sys.executable, "-m", "toybigram.train", "-m", f"+experiment={sweep.name}", f"{SWEEP_DIR_KEY}={sweep.sweep_dir}",
-           JOB_PROGRESS, JOB_REPORT]
+    cmd = [sys.executable, "-m", "toybigram.train", "-m", *_selection(sweep.name, sweep.profile),
+           f"{SWEEP_DIR_KEY}={sweep.sweep_dir}", JOB_PROGRESS, JOB_REPORT]
     if launcher:
         cmd.append(f"hydra/launcher={launcher}")
         if launcher == "joblib":
@@ -201,7 +222,6 @@ def launch(sweep: Sweep, launcher: str | None = "joblib", jobs: int = 2, fresh: 
     if launcher in ("joblib", "submitit_local") and parallel > 1:
         # the cores shared among the jobs that run at once: jobs x threads must not oversubscribe the CPU
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log(f"[{sweep.name}] {' '.join(cmd[1:])}")
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,63 +1,8 @@
-"""Figure 8: repetition neurons of SmolLM2-135M-Instruct. Deactivating K neurons while continuing held-out
-looping texts: (a) share still looping for the top repetition neurons against uniform random, layer-matched
-random and most-negative-delta neurons; (b) the perplexity cost of the same edits; (c) loops removed against
-that cost, to compare the sets at equal damage; (d) where the top repetition neurons sit. Reads
-data/fig8_repetition_{loops,perplexity,damage,layers,setting}.csv (``python -m toybigram.repetition.export RUN_DIR``).
-"""
-from __future__ import annotations
+"""Figure 8: repetition neurons in SmolLM2-135M, redrawn from its tables in paper_figures/data/
+(python paper_figures/fig8_repetition.py [--data DIR] [--out DIR]); the figure: experiments/figures/fig8_repetition.py."""
+from experiments.figures.fig8_repetition import FIGURE
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import parse, plt, read_table, save  # noqa: E402
-
-from toybigram.repetition.plots import draw_effect_vs_damage, draw_perplexity, draw_rates  # noqa: E402
-
-NAME = "fig8_repetition"
-EXPERIMENT = "deactivate"
-
-
-TEXTS = {"python_docs": "CPython's reference prose", "shakespeare": "Shakespeare's plays"}
-
-
-def caption(setting: dict) -> str:
-    text = TEXTS.get(setting["ppl_text"], setting["ppl_text"])
-    return (f"{setting['model']}; neurons ranked on {setting['n_rank']} looping texts; {setting['n_heldout']} held-out looping prompts "
-            f"(cut before the loop's second copy) continued {setting['new_tokens']} greedy tokens with the K neurons set to 0; "
-            f"K = 0 is the unedited model; random sets: {setting['random_draws']} draw(s) per K for loops, "
-            f"{setting['ppl_draws']} for perplexity; perplexity on {setting['ppl_tokens']} tokens in windows spread over {text}; "
-            f"bars: 95% paired bootstrap intervals over prompts (loops) and windows (perplexity).")
-
-
-def main(argv=None):
-    args = parse(argv, __doc__)
-    loops = [r for r in read_table(args.data, f"{NAME}_loops") if r["experiment"] == EXPERIMENT]
-    ppl = read_table(args.data, f"{NAME}_perplexity")
-    damage = read_table(args.data, f"{NAME}_damage")
-    layers = read_table(args.data, f"{NAME}_layers")
-    setting = {r["key"]: r["value"] for r in read_table(args.data, f"{NAME}_setting")}
-    fig = plt.figure(figsize=(11, 8.6))
-    grid = fig.add_gridspec(3, 2, height_ratios=[1, 1, 0.09])
-    ax, bx, cx, dx = (fig.add_subplot(grid[i, j]) for i in range(2) for j in range(2))
-    draw_rates(ax, loops, EXPERIMENT)
-    ax.set_title("(a) loops left after deactivating K neurons", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
-    if ppl:
-        draw_perplexity(bx, ppl, EXPERIMENT)
-    bx.set_title("(b) perplexity cost of the same edits", fontsize=9)
-    if damage:
-        draw_effect_vs_damage(cx, damage, EXPERIMENT)
-    cx.set_title("(c) loops removed against perplexity cost (labels: K of the top set, from 250)", fontsize=9)
-    dx.bar([r["layer"] for r in layers], [r["count"] for r in layers], color="C3")
-    dx.set_xlabel("layer")
-    dx.set_ylabel(f"neurons in the top {100 * float(setting['top_fraction']):.1f}% by delta")
-    dx.set_title("(d) where the top repetition neurons sit", fontsize=9)
-    note = fig.add_subplot(grid[2, :])
-    note.axis("off")
-    note.text(0, 0.5, caption(setting), fontsize=7.5, wrap=True, va="center", transform=note.transAxes)
-    return save(fig, args.out, NAME)
-
+main = FIGURE.script_main
 
 if __name__ == "__main__":
     main()

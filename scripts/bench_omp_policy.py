@@ -4,8 +4,9 @@
     python scripts/bench_omp_policy.py --busy     # with a Python busy loop holding one core
 
 One fresh process per policy, with ``OMP_WAIT_POLICY`` set (or removed, for the runtime's
-default) before torch loads its OpenMP runtime. Each prints the median of a d=64 training
-step, a d=128 in-context SGD step and one evaluation on 512 sequences of length 128.
+default) before torch loads its OpenMP runtime; importing toybigram leaves it as given. Each
+prints the median of a d=64 training step, a d=128 in-context SGD step and one evaluation on
+512 sequences of length 128.
 """
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from toybigram.bench import time_median
+from toybigram.build import validate
+from toybigram.cli import compose
+from toybigram.evaluation import evaluate
+from toybigram.train import TrainingStep, build_run
+
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = {"PASSIVE": "PASSIVE", "default": None, "ACTIVE": "ACTIVE"}
 
 
 def measure() -> str:
-    import torch  # first, so that the environment as given decides the wait policy
-
-    from toybigram.bench import time_median
-    from toybigram.build import validate
-    from toybigram.cli import compose
-    from toybigram.evaluation import evaluate
-    from toybigram.train import TrainingStep, build_run
-
     cpu = torch.device("cpu")
 
     def build(overrides):

@@ -18,9 +18,10 @@ outside: its hard-coded ``.cuda()`` calls are made no-ops so that it runs on the
 and its character tables (``data/meta.pkl``, which its ``data/prepare.py`` downloads)
 are written from toybigram's Shakespeare counts when the checkout has none. Its data
 comes from ``--workers`` worker processes (default 2, one per core here). Both programs
-start from the caller's environment; toybigram then picks its OpenMP wait policy itself
-(``toybigram/__init__.py``). ``--omp-passive`` gives both ``OMP_WAIT_POLICY=PASSIVE``,
-the fair setting on a CPU shared with other work (spinning OpenMP threads stall there).
+start from the caller's environment; toybigram's command then picks its OpenMP wait policy
+itself (toybigram.startup), and so does this process, where both models' steps are also
+timed side by side. ``--omp-passive`` gives both ``OMP_WAIT_POLICY=PASSIVE``, the fair
+setting on a CPU shared with other work (spinning OpenMP threads stall there).
 """
 from __future__ import annotations
 
@@ -39,9 +40,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # before importing toybigram, which may set it
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # the caller's, before this process picks its own
 
+from toybigram.startup import choose_omp_wait_policy  # noqa: E402
+
+if __name__ == "__main__":  # before torch loads, as toybigram's commands do
+    choose_omp_wait_policy()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from toybigram.bench import time_interleaved  # noqa: E402
+from toybigram.build import apply_threads, validate  # noqa: E402
+from toybigram.cli import compose  # noqa: E402
 from toybigram.errors import UserError, exit_with  # noqa: E402
+from toybigram.train import TrainingStep, build_run  # noqa: E402
 
 REFERENCE_FILES = ("ihead_basic_main.py", "ihead_basic_model.py", "ihead_data.py")
 # The reference's log line at an evaluation: "<iter> (<data s>, <step s>, <elapsed s>): loss ..."
@@ -149,14 +162,6 @@ def model_steps(args) -> dict:
     The reference's model is imported from the checkout and built as its main script
     builds it (same configuration as the loops); in-context loss on targets with label >= 2.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from toybigram.bench import time_interleaved
-    from toybigram.cli import compose
-    from toybigram.build import apply_threads, validate
-    from toybigram.train import TrainingStep, build_run
-
     cfg = compose("train", [
         f"model.d_model={args.d_model}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
         f"data.n_triggers={args.triggers}", "model.ffn=linear", "train.loss=incontext", "optim=sgd", "optim.lr=0.2",
@@ -196,7 +201,8 @@ def model_steps(args) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: a bad value ends in one ``error:`` line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, required=True, help="a checkout of albietz/transformer-birth")
     parser.add_argument("--repeats", type=int, default=2)
@@ -215,17 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     try:
-        missing = [name for name in REFERENCE_FILES if not (args.reference / name).is_file()]
-        if missing:
-            raise UserError(f"--reference: {args.reference} is not a transformer-birth checkout (missing {', '.join(missing)})")
-        if args.model_steps < 0:
-            raise UserError(f"--model-steps must be non-negative, got {args.model_steps}")
-        if min(args.repeats, args.steps, args.eval_every, args.d_model, args.seq_len, args.batch_size, args.workers) < 1:
-            raise UserError("--repeats, --steps, --eval-every, sizes and --workers must be positive")
-        if args.steps < 2 * args.eval_every:
-            raise UserError(f"--steps must be at least twice --eval-every to have a timing window, got {args.steps}")
+        check_args(args)
     except UserError as error:
         exit_with(error)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    missing = [name for name in REFERENCE_FILES if not (args.reference / name).is_file()]
+    if missing:
+        raise UserError(f"--reference: {args.reference} is not a transformer-birth checkout (missing {', '.join(missing)})")
+    if args.model_steps < 0:
+        raise UserError(f"--model-steps must be non-negative, got {args.model_steps}")
+    if min(args.repeats, args.steps, args.eval_every, args.d_model, args.seq_len, args.batch_size, args.workers) < 1:
+        raise UserError("--repeats, --steps, --eval-every, sizes and --workers must be positive")
+    if args.steps < 2 * args.eval_every:
+        raise UserError(f"--steps must be at least twice --eval-every to have a timing window, got {args.steps}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     if write_meta(args.reference):
         print(f"wrote {args.reference / 'data' / 'meta.pkl'} from toybigram's Shakespeare counts")
 

@@ -1,10 +1,5 @@
-"""Experiments: configs compose, the aggregator on a fixture of run directories, the submitit_local sweep."""
+"""Experiments: configs compose in each profile, the aggregator on a fixture of run directories, the submitit_local sweep."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/ and paper_figures/ live at the root
 
 import glob
 import json
@@ -17,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from experiments.aggregate import MixedRunsError, collect, config_differences, mean_ci, summarise, write_table
-from experiments.figures import FIGURES, fig1_tables
-from experiments.sweeps import PROFILES, ROOT, Sweep, experiment_name
 from conftest import TINY
+from experiments.figure import registry
+from experiments.figures.fig1_dynamics import tables as fig1_tables
+from experiments.runs import Collected, MixedRunsError, collect, config_differences
+from experiments.sweeps import PROFILES, ROOT, Sweep
+from experiments.tables import mean_ci, summarise, write_table
+from toybigram.cli import compose
 
 CONFIG = {"data": {"source": "dirichlet", "vocab_size": 16, "seq_len": 32}, "model": {"d_model": 64, "pos": "ape"},
           "train": {"steps": 20, "freeze_until": {}, "progress": "none"}, "seed": 0, "data_seed": 0, "device": "cpu"}
@@ -105,8 +103,6 @@ def test_collect_accepts_runs_that_differ_only_in_swept_settings(tmp_path):
 
 
 def test_fig1_table_from_fixture_runs(sweep_dir, tmp_path):
-    from experiments.aggregate import Collected
-
     runs = collect(sweep_dir, {"seed": ["0", "1", "2", "3", "4"]}, "fixture").runs
     tables = fig1_tables({"fig1_dynamics": Collected("a", runs), "fig1_freeze": Collected("b", runs)})
     rows = [r for r in tables["fig1_dynamics"] if r["variant"] == "free" and r["step"] == 20]
@@ -140,12 +136,33 @@ def test_write_table_is_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_experiment_config_composes_and_validates(profile):
-    bases = {base for fig in FIGURES.values() for base, _ in fig.experiments}
-    for base in sorted(bases):
-        sweep = Sweep.load(experiment_name(base, profile))
-        assert f"/{profile}/" in str(sweep.sweep_dir)
-        assert len(sweep.axes.get("seed", [])) >= 3, f"{base}: at least 3 seeds per point"
+    experiments = {item.experiment for fig in registry().values() for item in fig.inputs}
+    for name in sorted(experiments):
+        sweep = Sweep.load(name, profile)
+        assert sweep.sweep_dir == ROOT / "outputs" / "experiments" / profile / name
+        assert list(sweep.axes)[0] == "seed" and len(sweep.axes["seed"]) >= 3, f"{name}: at least 3 seeds per point"
         sweep.check()  # every point of the grid validates
+
+
+@pytest.mark.parametrize("profile, sizes", [
+    ("quick", {"data.source": "dirichlet", "data.vocab_size": 16, "data.seq_len": 64, "model.d_model": 64, "train.steps": 300,
+               "device": "cpu"}),
+    ("paper", {"data.source": "shakespeare", "data.vocab_size": None, "data.seq_len": 256, "model.d_model": 512,
+               "train.steps": 2000, "device": "auto"})])
+def test_an_experiment_takes_its_sizes_from_the_profile(profile, sizes):
+    """Figure 4's runs: the experiment's settings, the profile's shared sizes and the experiment's own sizes in that profile."""
+    cfg = Sweep.load("fig4_hijack", profile).expected({"seed": "1"})
+    got = {key: cfg[key] if "." not in key else cfg[key.split(".")[0]][key.split(".")[1]] for key in sizes}
+    assert got == sizes
+    assert (cfg["model"]["pos"], cfg["data"]["triggers"], cfg["seed"], cfg["data_seed"]) == ("rpe", "random", 1, 1)
+
+
+def test_a_sweep_without_a_profile_is_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "toybigram.train", "-m", "+experiment=fig1_dynamics", f"hydra.sweep.dir={tmp_path / 's'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ") and "profile" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_submitit_local_sweep_runs_two_jobs(tmp_path):
@@ -154,7 +171,7 @@ def test_submitit_local_sweep_runs_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "toybigram.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
            f"hydra.sweep.dir={sweep}", "seed=0,1", "train.steps=5", "train.eval_every=5", "train.ckpt_every=0", *TINY]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert glob.glob(str(sweep / ".submitit" / "*")), "the jobs did not go through submitit"
@@ -166,10 +183,7 @@ def test_submitit_local_sweep_runs_two_jobs(tmp_path):
 @pytest.mark.parametrize("preset, gpus", [("slurm_cpu", 0), ("slurm_gpu", 1)])
 def test_slurm_presets_compose(preset, gpus):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    import toybigram.config  # noqa: F401
-    from toybigram.cli import compose
-
-    cfg = compose("train", ["+experiment=fig1_dynamics", f"hydra/launcher={preset}"], with_hydra=True)
+    cfg = compose("train", ["+experiment=fig1_dynamics", "profile=paper", f"hydra/launcher={preset}"], with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == gpus and cfg.hydra.launcher.timeout_min > 0
 
@@ -194,20 +208,19 @@ def test_sweep_with_seeds_together_gives_each_seed_its_separate_run(tmp_path):
     from test_ensemble import assert_rows_close
 
     from experiments.sweeps import launch
-    from toybigram.cli import compose
     from toybigram.runio import read_json, read_jsonl
     from toybigram.train import train
 
     tiny = ("data.seq_len=32", "model.d_model=32", "train.steps=6", "train.eval_every=3", "train.batch_size=8",
             "train.eval_batch_size=16", "device=cpu")
-    sweep = Sweep.load("fig1_dynamics_quick", (f"hydra.sweep.dir={tmp_path / 'sweep'}", *tiny))
+    sweep = Sweep.load("fig1_dynamics", "quick", (f"hydra.sweep.dir={tmp_path / 'sweep'}", *tiny))
     assert sweep.seeds_together()[:2] == ["seed=0", "train.instances=3"]
     code, _ = launch(sweep, None, 1, log=lambda msg: None, seeds_together=True)
     assert code == 0
     got = collect(sweep.sweep_dir, sweep.axes, sweep.name, expected=sweep.expected)  # each instance has the point's settings
     assert [r.name for r in got.runs] == ["seed=0", "seed=1", "seed=2"] and not got.problems
     assert len([p for p in sweep.sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 1  # one job
-    alone = compose("train", ["+experiment=fig1_dynamics_quick", "seed=2", *tiny])
+    alone = compose("train", ["+experiment=fig1_dynamics", "profile=quick", "seed=2", *tiny])
     train(alone, tmp_path / "alone")
     assert_rows_close(read_jsonl(got.runs[2].path / "metrics.jsonl"), read_jsonl(tmp_path / "alone" / "metrics.jsonl"))
     assert config_differences(read_json(tmp_path / "alone" / "summary.json")["config"], got.runs[2].config) == []
@@ -217,7 +230,7 @@ def test_a_job_that_fails_on_bad_input_is_reported_with_its_error(tmp_path):
     """The job's one-line error reaches the console and its summary.json (status failed), and the aggregator quotes it."""
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "toybigram.train", "-m", f"hydra.sweep.dir={sweep}", "seed=0", *TINY, "data.vocab_size=1"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert any(line.startswith("error: data.vocab_size") for line in proc.stderr.splitlines()), proc.stderr
     got = collect(sweep, {"seed": ["0"]}, "bad")

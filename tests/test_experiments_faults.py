@@ -2,19 +2,16 @@
 runs, and a figure with failed or missing runs keeps its previous tables and figure."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/ and paper_figures/ live at the root
-
 import csv
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from experiments.aggregate import collect
+from experiments.runs import collect
 from experiments.run import parse_args
 from experiments.sweeps import ROOT, Sweep
 from toybigram.errors import UserError
@@ -46,7 +43,7 @@ def fill_sweep(sweep: Sweep, outcomes: dict[str, dict | None]) -> None:
 
 def test_collect_names_each_kind_of_unusable_run(tmp_path):
     """finished / failed / diverged / interrupted / other settings / off the grid / no directory."""
-    sweep = Sweep.load("fig1_dynamics_quick", (f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=0,1,2,3,4,5", *FIG1_SETTINGS))
+    sweep = Sweep.load("fig1_dynamics", "quick", (f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=0,1,2,3,4,5", *FIG1_SETTINGS))
     fill_sweep(sweep, {"1": {"status": "failed", "error": "data.vocab_size: must be at least 2, got 1"},
                        "2": {"status": "diverged", "diverged_at_step": 3, "reason": "non-finite training loss"},
                        "3": None})
@@ -68,9 +65,9 @@ def test_collect_names_each_kind_of_unusable_run(tmp_path):
 
 
 def test_an_override_changing_a_setting_makes_the_existing_runs_mismatch(tmp_path):
-    sweep = Sweep.load("fig1_dynamics_quick", (f"hydra.sweep.dir={tmp_path}", "seed=0", *FIG1_SETTINGS))
+    sweep = Sweep.load("fig1_dynamics", "quick", (f"hydra.sweep.dir={tmp_path}", "seed=0", *FIG1_SETTINGS))
     fill_sweep(sweep, {})
-    other = Sweep.load("fig1_dynamics_quick", (f"hydra.sweep.dir={tmp_path}", "seed=0", *FIG1_SETTINGS, "optim.lr=0.02"))
+    other = Sweep.load("fig1_dynamics", "quick", (f"hydra.sweep.dir={tmp_path}", "seed=0", *FIG1_SETTINGS, "optim.lr=0.02"))
     assert collect(sweep.sweep_dir, sweep.axes, expected=sweep.expected).runs
     got = collect(other.sweep_dir, other.axes, expected=other.expected)
     assert not got.runs and [p.status for p in got.problems] == ["mismatch"] and "(expected 0.02)" in got.problems[0].why
@@ -78,12 +75,12 @@ def test_an_override_changing_a_setting_makes_the_existing_runs_mismatch(tmp_pat
 
 def test_several_values_for_an_unswept_setting_are_refused():
     with pytest.raises(UserError, match=r"--override model.d_model=16,32: several values .* \(it sweeps seed\)"):
-        Sweep.load("fig1_dynamics_quick", ("model.d_model=16,32",))
+        Sweep.load("fig1_dynamics", "quick", ("model.d_model=16,32",))
 
 
 def test_every_swept_seed_is_validated_before_the_sweep():
-    sweep = Sweep.load("fig1_dynamics_quick", ("seed=0,-1",))
-    with pytest.raises(UserError, match=r"^seed: must be in \[0, 2\*\*63\), got -1 \(fig1_dynamics_quick at seed=-1"):
+    sweep = Sweep.load("fig1_dynamics", "quick", ("seed=0,-1",))
+    with pytest.raises(UserError, match=r"^seed: must be in \[0, 2\*\*63\), got -1 \(fig1_dynamics at seed=-1"):
         sweep.check()
 
 
@@ -135,14 +132,14 @@ def test_failed_runs_keep_the_previous_tables_unless_missing_runs_are_allowed(tm
     """--skip-train over sweeps with a failed job: exit 2 and nothing replaced; --allow-missing: the tables from the rest."""
     data, figures, before = copy_outputs(tmp_path, "fig1_dynamics", ["fig1_dynamics", "fig1_order"])
     overrides = ["seed=0,1", *FIG1_SETTINGS]
-    for name in ("fig1_dynamics_quick", "fig1_freeze_quick"):
-        sweep = Sweep.load(name, tuple(overrides), tmp_path / "sweeps")
-        fill_sweep(sweep, {"1": {"status": "failed", "error": "cuda: out of memory"}} if name == "fig1_freeze_quick" else {})
+    for name in ("fig1_dynamics", "fig1_freeze"):
+        sweep = Sweep.load(name, "quick", tuple(overrides), tmp_path / "sweeps")
+        fill_sweep(sweep, {"1": {"status": "failed", "error": "cuda: out of memory"}} if name == "fig1_freeze" else {})
     cmd = [*RUN_PY, "fig1", "--skip-train", "--sweeps-dir", str(tmp_path / "sweeps"), "--data-dir", str(data),
            "--figures-dir", str(figures), *(f"--override={o}" for o in overrides)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == "failed: fig1 (1 of 4 runs failed: fig1_freeze_quick seed=1: error: cuda: out of memory)"
+    assert proc.stderr.strip().splitlines()[-1] == "failed: fig1 (1 of 4 runs failed: fig1_freeze seed=1: error: cuda: out of memory)"
     assert {p: p.read_bytes() for folder in (data, figures) for p in folder.iterdir()} == before
 
     proc = subprocess.run([*cmd, "--allow-missing"], cwd=ROOT, capture_output=True, text=True, timeout=120)

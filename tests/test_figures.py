@@ -1,27 +1,23 @@
-"""Each figure script on a tiny fixture table: it reads only the tables and writes PNG and PDF."""
+"""Each figure's plot on tiny fixture tables: it reads only the tables and writes PNG and PDF; the
+paper_figures/ scripts redraw through their figure module, from any working directory."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/ and paper_figures/ live at the root
-
-import importlib.util
 import math
-from pathlib import Path
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from experiments.aggregate import write_table
-
-FIGURES_DIR = Path(__file__).resolve().parent.parent / "paper_figures"
+from experiments.figure import FIGURES_DIR, registry
+from experiments.tables import MissingTable, write_table
 
 
 def stat(name, mean, ci=0.05, n=3):
     return {f"{name}_mean": mean, f"{name}_ci": ci, f"{name}_n": n}
 
 
-def tables() -> dict[str, list[dict]]:
+def fig1_to_4() -> dict[str, list[dict]]:
     fig1_metrics = ["loss_global", "loss_first", "loss_incontext", "bayes_loss_global", "bayes_loss_first", "bayes_loss_incontext",
                     "acc_incontext", "recall_prev_token", "recall_prev_token_first64", "recall_induction_key", "recall_copy", "bigram_kl"]
     fig1 = [{"variant": v, "step": s, **{k: x for m in fig1_metrics for k, x in stat(m, s / 40).items()}}
@@ -38,6 +34,11 @@ def tables() -> dict[str, list[dict]]:
     hij = [{"T": T_, "c": c, "T_train": 8, **stat("share_model", c / 3), **stat("share_theory", c / 4)} for T_ in (8, 16) for c in range(3)]
     thr = [{"T": 8, **stat("c_star_closed_form", 1.0), **stat("c_star_model", 1.0), **stat("c_star_theory", 2.0)},
            {"T": 16, **stat("c_star_closed_form", math.nan, math.nan, 0), **stat("c_star_model", 2.0), **stat("c_star_theory", math.nan, math.nan, 0)}]
+    return {"fig1_dynamics": fig1, "fig1_order": order, "fig2_attention": fig2, "fig2_prompt": prompt,
+            "fig3_length_acc": acc, "fig3_length_attn": attn, "fig4_hijack": hij, "fig4_threshold": thr}
+
+
+def fig5_to_7() -> dict[str, list[dict]]:
     fams = ("length", "hijack", "compete", "dilution")
     r2 = [{"family": f, **stat("r2", 0.7), **stat("top1", 0.8)} for f in fams]
     scatter = [{"family": f, "predicted": x / 10, "measured": x / 9, "r2_seed": 0.7} for f in fams for x in range(-5, 6)]
@@ -50,46 +51,46 @@ def tables() -> dict[str, list[dict]]:
     stats = [{"pos": p, **stat("g_pearson", 0.9), **stat("lambda_diag_minus_off", 3.0), **stat("beta_diag_minus_off", 2.0)} for p in ("ape", "rpe")]
     grid = [{"N": N, "T": T_, "steps": 40, **stat("acc_incontext", 0.5), **stat("formation_step", 20.0 if N == 4 else math.nan, 1.0, 3 if N == 4 else 0),
              **stat("top1_agreement", 0.6), **stat("r2_centered_logits", 0.5)} for N in (4, 8) for T_ in (8, 16)]
-    return {"fig1_dynamics": fig1, "fig1_order": order, "fig2_attention": fig2, "fig2_prompt": prompt,
-            "fig3_length_acc": acc, "fig3_length_attn": attn, "fig4_hijack": hij, "fig4_threshold": thr,
-            "fig5_r2": r2, "fig5_scatter": scatter, "fig5_width": width, "fig6_matrices": mats, "fig6_bigram": bigram,
+    return {"fig5_r2": r2, "fig5_scatter": scatter, "fig5_width": width, "fig6_matrices": mats, "fig6_bigram": bigram,
             "fig6_alpha": alpha, "fig6_stats": stats, "fig7_grid": grid}
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, FIGURES_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPTS = ["fig1_dynamics", "fig2_attention", "fig3_length", "fig4_hijack", "fig5_theory", "fig6_memories", "fig7_vocab_length"]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
+    """Fixture tables of figures 1-7, and figure 8's committed tables (written by the repetition export)."""
     folder = tmp_path_factory.mktemp("tables")
-    for name, rows in tables().items():
+    for name, rows in {**fig1_to_4(), **fig5_to_7()}.items():
         write_table(folder / f"{name}.csv", rows)
+    for table in FIGURES_DIR.joinpath("data").glob("fig8_repetition_*.csv"):
+        shutil.copy(table, folder)
     return folder
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_figure_script_draws_png_and_pdf_from_its_tables(name, data_dir, tmp_path):
-    paths = load(name).main(["--data", str(data_dir), "--out", str(tmp_path)])
-    assert sorted(p.name for p in paths) == [f"{name}.pdf", f"{name}.png"]
-    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+@pytest.mark.parametrize("key", list(registry()))
+def test_each_figure_draws_png_and_pdf_from_its_tables(key, data_dir, tmp_path):
+    fig = registry()[key]
+    paths = fig.draw(data_dir, tmp_path)
+    assert sorted(p.name for p in paths) == [f"{fig.name}.pdf", f"{fig.name}.png"]
+    assert (tmp_path / f"{fig.name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / f"{fig.name}.pdf").read_bytes()[:4] == b"%PDF"
 
 
-def test_figure_scripts_never_train():
-    for name in SCRIPTS + ["common"]:
-        text = (FIGURES_DIR / f"{name}.py").read_text()
-        assert "toybigram" not in text and "torch" not in text, f"{name}.py must only read tables"
+def test_every_script_in_paper_figures_draws_a_registered_figure():
+    names = {fig.name for fig in registry().values()}
+    scripts = sorted(p.stem for p in FIGURES_DIR.glob("fig*.py"))
+    assert scripts and set(scripts) <= names, set(scripts) - names
+
+
+def test_a_figure_script_redraws_from_any_working_directory(data_dir, tmp_path):
+    """`python paper_figures/fig4_hijack.py` needs no path set-up: the figure module is imported as a package."""
+    script = FIGURES_DIR / "fig4_hijack.py"
+    proc = subprocess.run([sys.executable, str(script), "--data", str(data_dir), "--out", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig4_hijack.pdf", "fig4_hijack.png"]
 
 
 def test_missing_table_is_a_clear_error(tmp_path):
-    common = load("common")
-    with pytest.raises(FileNotFoundError, match="make figures"):
-        load("fig7_vocab_length").main(["--data", str(tmp_path), "--out", str(tmp_path)])
-    assert common.DATA.name == "data"
+    with pytest.raises(MissingTable, match="make figures"):
+        registry()["fig7"].draw(tmp_path, tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from toybigram.model import AssociativeTransformer, ModelSpec, rotate
+from toybigram.model import AssociativeTransformer, ModelSpec
+from toybigram.positional import rotate
 from toybigram.probes import attention_probes, copy_recall, induction_key_recall, previous_token_recall
 
 N, D, T = 11, 32, 12
@@ -17,7 +18,8 @@ def tiny(pos="ape", n_layers=2, ffn="relu", init="random", **kw):
 def test_hook_names_and_shapes():
     model = tiny(ffn="relu", d_hidden=40)
     tokens = torch.randint(N, (2, T))
-    _, cache = model.run_with_cache(tokens)
+    with model.plain_forward():  # every hook point, layer 1's input and z included
+        _, cache = model.run_with_cache(tokens)
     expected = {
         "hook_embed": (2, T, D),
         "hook_pos_embed": (T, D),
@@ -49,7 +51,7 @@ def test_names_filter_and_hook_replacement_and_cleanup():
     assert torch.count_nonzero(model(tokens)) > 0
 
     with pytest.raises(RuntimeError, match="boom"):
-        with model.hooks([("hook_embed", lambda x, hook: None)]):
+        with model.hooks([("blocks.1.hook_resid_pre", lambda x, hook: None)]):
             raise RuntimeError("boom")
     assert all(not p._forward_hooks for p in model.hook_points.values())
     with pytest.raises(KeyError):
@@ -58,7 +60,7 @@ def test_names_filter_and_hook_replacement_and_cleanup():
     assert all(not p._forward_hooks for p in model.hook_points.values())
 
 
-def test_forward_is_the_spec_formula_for_ape():
+def test_forward_is_the_documented_formula_for_ape():
     model = tiny(pos="ape", ffn="linear")
     tokens = torch.randint(N, (1, T))
     z = tokens[0]
@@ -77,32 +79,46 @@ def test_forward_is_the_spec_formula_for_ape():
 
 @pytest.mark.parametrize("pos,n_layers,ffn", [("ape", 2, "linear"), ("ape", 3, "relu"), ("rpe", 2, "linear"),
                                               ("rope", 2, "none"), ("nope", 3, "linear")])
-def test_first_layer_table_read_equals_the_plain_products(pos, n_layers, ffn):
-    """The hook-free forward reads layer 1's keys and values from embedding tables; hooks force the plain products."""
+def test_table_read_equals_the_plain_forward(pos, n_layers, ffn):
+    """The default forward reads layer 1's keys and values from embedding tables; plain_forward multiplies x itself."""
     model = tiny(pos=pos, n_layers=n_layers, ffn=ffn)
     tokens = torch.randint(N, (3, T))
-    assert not model.hooks_attached()
     fast = model(tokens)
     fast_grads = torch.autograd.grad(fast.square().sum(), list(model.parameters()))
-    with model.hooks([("blocks.0.attn.hook_z", lambda x, hook: None)]):  # observing z needs the plain path
-        assert model.hooks_attached()
+    with model.plain_forward():
+        assert not model.table_read
         plain = model(tokens)
         plain_grads = torch.autograd.grad(plain.square().sum(), list(model.parameters()))
+    assert model.table_read
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(fast_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    # An edited embedding reaches every product of layer 1, keys and values included.
-    with model.hooks([("hook_embed", lambda x, hook: 2 * x)]):
+    # In the plain forward an edited embedding reaches every product of layer 1, keys and values included.
+    with model.plain_forward(), model.hooks([("hook_embed", lambda x, hook: 2 * x)]):
         edited = model(tokens)
     doubled = tiny(pos=pos, n_layers=n_layers, ffn=ffn)
     doubled.W_E.mul_(2)
     torch.testing.assert_close(edited, doubled(tokens))
 
 
+@pytest.mark.parametrize("point", ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z"])
+def test_a_hook_off_the_table_read_path_is_refused_not_skipped(point):
+    model = tiny()
+    tokens = torch.randint(N, (2, T))
+    with pytest.raises(RuntimeError, match=f"{point}.*plain_forward"):
+        with model.hooks([(point, lambda x, hook: None)]):
+            model(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))  # the table read
+    with model.plain_forward():
+        _, plain = model.run_with_cache(tokens, names_filter=[point, "blocks.0.attn.hook_pattern"])
+    assert point in plain
+    torch.testing.assert_close(plain["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_pattern"])
+
+
 def test_rope_and_rpe_scores_are_relative():
     rope = tiny(pos="rope")
     x = torch.randn(1, T, D, dtype=torch.float64)
-    scores = rope.blocks[0].attn.scores(x, None)[0]
+    scores = rope.blocks[0].attn.scores(x, rope.position_tables())[0]
     t, s = 7, 3
     # x_t^T R_{s-t} W_K x_s: rotating both sides by the same extra angle changes nothing.
     a = rotate(x[0, t : t + 1], torch.tensor([t - s]), rope.spec.rope_base)
@@ -110,7 +126,7 @@ def test_rope_and_rpe_scores_are_relative():
     torch.testing.assert_close(scores[t, s], (a @ b.T)[0, 0])
 
     rpe = tiny(pos="rpe")
-    scores = rpe.blocks[0].attn.scores(x, rpe.W_rel)[0]
+    scores = rpe.blocks[0].attn.scores(x, rpe.position_tables())[0]
     torch.testing.assert_close(scores[t, s], x[0, t] @ rpe.blocks[0].W_K @ rpe.W_rel[t - s])
 
 
@@ -140,7 +156,7 @@ def test_frozen_and_trainable_split_and_zero_init():
 
 def test_ideal_memories_predict_incontext_tokens_and_pass_every_probe():
     from toybigram.data import TriggerSampler, dirichlet_chain
-    from toybigram.theory import ideal_model
+    from toybigram.theory.ideal import ideal_model
 
     spec = ModelSpec(vocab_size=16, d_model=1024, max_len=64, ffn="none")
     model = ideal_model(spec, alpha=12.0, lam=10.0, beta=8.0, seed=0)

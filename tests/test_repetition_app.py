@@ -15,7 +15,6 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from toybigram.cli import compose  # noqa: E402
 from toybigram.errors import UserError  # noqa: E402
-from toybigram.repetition import config as _config  # noqa: E402,F401
 from toybigram.repetition.__main__ import TEXTS_PARTIAL, precheck, run_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

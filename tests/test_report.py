@@ -16,7 +16,7 @@ from scipy import stats
 
 from conftest import TINY
 from toybigram.cli import compose
-from toybigram.report import write_report
+from toybigram.report.build import write_report
 from toybigram.report.__main__ import main
 from toybigram.report.figures import ALL_FIGURES, THEORY_FIGURES, fmt
 from toybigram.report.single import rebuild_task

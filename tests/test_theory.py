@@ -22,11 +22,11 @@ def test_closed_form_equals_explicit():
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(N, (16, 24), generator=gen)
     tokens[:, -1] = 3
-    st = C.Strengths(layer1=C.Layer1(exact=True), key=2.5, copy=4.0, glob=None, vocab_size=N)
+    st = C.Strengths(layer1=C.Layer1(exact=True), key=2.5, copy=4.0, bigram=None, vocab_size=N)
     explicit = C.predict(st, tokens).incontext_term[:, -1]
     assert torch.allclose(explicit, C.closed_form_incontext(tokens, 2.5, 4.0, N), atol=1e-12)
     # a large finite alpha is the exact head
-    big = C.Strengths(layer1=C.Layer1(pos=C.prev_table(60.0, 24)), key=2.5, copy=4.0, glob=None, vocab_size=N)
+    big = C.Strengths(layer1=C.Layer1(pos=C.prev_table(60.0, 24)), key=2.5, copy=4.0, bigram=None, vocab_size=N)
     assert torch.allclose(C.predict(big, tokens).incontext_term[:, -1], explicit, atol=1e-9)
 
 
@@ -49,7 +49,7 @@ def test_threshold_solver_equals_brute_force():
     T, lam, beta, gap = 40, 1.5, 3.0, 2.0
     g = torch.zeros(N, N, dtype=torch.float64)
     g[0, 1] = gap  # b* = 1 for q = 0
-    st = C.Strengths(layer1=C.Layer1(exact=True), key=lam, copy=beta, glob=g, vocab_size=N)
+    st = C.Strengths(layer1=C.Layer1(exact=True), key=lam, copy=beta, bigram=g, vocab_size=N)
     counts = torch.arange(0, 19)
     margins = []
     for c in counts.tolist():  # q=0, o=2, filler token 7 plus one b* (f_b = 1)
@@ -66,7 +66,7 @@ def test_ideal_agreement_improves_with_d_and_gram_correction_is_exact():
     chain = dirichlet_chain(N, 0.5, 0)
     g = log_bigram(chain.transition)
     tokens = torch.randint(N, (4, 24), generator=torch.Generator().manual_seed(2))
-    ideal = C.Strengths(layer1=C.Layer1(pos=C.prev_table(12.0, 24)), key=6.0, copy=5.0, glob=g, vocab_size=N)
+    ideal = C.Strengths(layer1=C.Layer1(pos=C.prev_table(12.0, 24)), key=6.0, copy=5.0, bigram=g, vocab_size=N)
     r2 = []
     for d in (32, 1024):
         model = ideal_model(ModelSpec(vocab_size=N, d_model=d, max_len=24, dtype="float64"), alpha=12.0, lam=6.0, beta=5.0, g=g)

@@ -25,9 +25,14 @@ import torch
 from conftest import TINY
 from toybigram.checkpoint import CHECKPOINT_FILE, FORMAT_VERSION, clean_stale_temporaries, load_checkpoint
 from toybigram.cli import compose
+from toybigram.config import register_configs
 from toybigram.errors import ConfigError
 from toybigram.theory.__main__ import LOADED, precheck
+from toybigram.theory.config import register_configs as register_theory_configs
 from toybigram.train import train
+
+register_configs()  # the tests compose both commands' configs, as the commands do
+register_theory_configs()
 
 QUICK = ("quick=true", "families=[hijack]", "threads=1")  # the cheapest analysis that still has a headline
 MAIN_JOB_FILES = ("run/theory.json", "run/theory/logits_scatter.png", "run/summary.json")

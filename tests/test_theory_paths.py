@@ -5,9 +5,14 @@ import pytest
 import torch
 from conftest import TINY
 
+from toybigram.build import as_container, make_chain, make_spec
+from toybigram.checkpoint import save_checkpoint
+from toybigram.config import register_configs
 from toybigram.errors import UserError
 from toybigram.model import AssociativeTransformer, ModelSpec
 from toybigram.theory import paths as P
+
+register_configs()  # the tests compose the training config, as the command does
 
 N, T = 8, 12
 
@@ -41,10 +46,6 @@ def test_refuses_models_without_the_decomposition(kw, match):
 
 
 def test_command_writes_paths_json(tmp_path, compose_train, capsys):
-    from toybigram.build import as_container, make_chain, make_spec
-    from toybigram import config  # noqa: F401  (registers the training schema)
-    from toybigram.checkpoint import save_checkpoint
-
     cfg = compose_train(*TINY, "model.init=random")
     model = AssociativeTransformer(make_spec(cfg, make_chain(cfg.data)), seed=cfg.seed)
     save_checkpoint(tmp_path / "checkpoint.pt", {"model": model.state_dict()}, as_container(cfg))

@@ -7,87 +7,56 @@ from pathlib import Path
 import pytest
 
 from toybigram.build import validate
+from toybigram.config import register_configs
 from toybigram.errors import ConfigError
 from toybigram.memory import RunShape, check_memory, estimate, memory_budget, physical_memory
 
-REPO = Path(__file__).resolve().parents[1]
-DIRICHLET = ("data=dirichlet", "data.vocab_size=8")
-TWO = ("train.instances=2",)
+register_configs()  # the tests compose the training config, as the command does
 
-BAD_SETTINGS = [
+REPO = Path(__file__).resolve().parents[1]
+DIRICHLET = "data=dirichlet data.vocab_size=8"
+TWO = "train.instances=2"
+
+
+def refusal(case: str) -> tuple[tuple[str, ...], str]:
+    """"a=1 b=2 -> setting": the overrides, and the setting the refusal names (by default the last override's)."""
+    overrides, _, setting = case.partition(" -> ")
+    overrides = tuple(overrides.split())
+    return overrides, setting or overrides[-1].split("=")[0].lstrip("+")
+
+
+BAD_SETTINGS = [refusal(case) for case in (
     # seeds: numpy refuses negatives, and every seed fits a signed 64-bit integer
-    (("seed=-1",), "seed"),
-    (("seed=9223372036854775808",), "seed"),
-    (("data_seed=-1",), "data_seed"),
-    ((*TWO, "train.instance_seeds=[-1,2]"), "train.instance_seeds"),
-    ((*TWO, "train.instance_data_seeds=[0,-3]"), "train.instance_data_seeds"),
-    ((*TWO, "seed=9223372036854775807"), "train.instances"),
-    ((*DIRICHLET, "data.chain_seed=-1"), "data.chain_seed"),
+    "seed=-1", "seed=9223372036854775808", "data_seed=-1", f"{DIRICHLET} data.chain_seed=-1",
+    f"{TWO} train.instance_seeds=[-1,2]", f"{TWO} train.instance_data_seeds=[0,-3]",
+    f"{TWO} seed=9223372036854775807 -> train.instances",
     # optimizer
-    (("optim.beta1=2",), "optim.beta1"),
-    (("optim.beta2=1.0",), "optim.beta2"),
-    (("optim.momentum=-1",), "optim.momentum"),
-    (("optim.weight_decay=-1",), "optim.weight_decay"),
-    (("optim.lr=inf",), "optim.lr"),
-    (("optim.lr=nan",), "optim.lr"),
-    ((*TWO, "train.instance_lrs=[inf,0.1]"), "train.instance_lrs"),
-    (("optim.min_lr_ratio=1.5",), "optim.min_lr_ratio"),
-    (("optim.warmup_steps=-1",), "optim.warmup_steps"),
-    (("optim.name=adam",), "optim.name"),
-    (("optim.schedule=linear",), "optim.schedule"),
+    "optim.beta1=2", "optim.beta2=1.0", "optim.momentum=-1", "optim.weight_decay=-1", "optim.lr=inf", "optim.lr=nan",
+    f"{TWO} train.instance_lrs=[inf,0.1]", "optim.min_lr_ratio=1.5", "optim.warmup_steps=-1", "optim.name=adam",
+    "optim.schedule=linear",
     # model
-    (("model.rope_base=0",), "model.rope_base"),
-    (("model.rope_base=nan",), "model.rope_base"),
-    (("model.rope_base=-2",), "model.rope_base"),
-    (("model.rope_base=1",), "model.rope_base"),
-    (("model.d_model=0",), "model.d_model"),
-    (("model.d_hidden=0",), "model.d_hidden"),
-    (("model.max_len=0",), "model.max_len"),
-    (("model.n_layers=4",), "model.n_layers"),
-    (("model.pos=alibi",), "model.pos"),
-    (("model.ape_extension=wrap",), "model.ape_extension"),
-    (("model.ffn=gelu",), "model.ffn"),
-    (("model.init=ones",), "model.init"),
-    (("model.dtype=float16",), "model.dtype"),
+    "model.rope_base=0", "model.rope_base=nan", "model.rope_base=-2", "model.rope_base=1", "model.d_model=0",
+    "model.d_hidden=0", "model.max_len=0", "model.n_layers=4", "model.pos=alibi", "model.ape_extension=wrap",
+    "model.ffn=gelu", "model.init=ones", "model.dtype=float16", "model.pos=nope", "model.pos=rope model.d_model=63",
+    "data.seq_len=64 model.max_len=32 -> data.seq_len",
     # data
-    (("data.source=wiki",), "data.source"),
-    ((*DIRICHLET, "data.dirichlet_alpha=inf"), "data.dirichlet_alpha"),
-    ((*DIRICHLET, "data.dirichlet_alpha=1e7"), "data.dirichlet_alpha"),
-    (("data=dirichlet", "data.vocab_size=5000"), "data.vocab_size"),
-    (("data.seq_len=0",), "data.seq_len"),
-    (("data.n_triggers=-1",), "data.n_triggers"),
-    (("data.trigger_offset=-1",), "data.trigger_offset"),
-    (("data.trigger_offset=61",), "data.trigger_offset"),  # 61 + 5 triggers > 65 tokens
-    (("data.triggers=sometimes",), "data.triggers"),
-    (("data.outputs=copy",), "data.outputs"),
-    (("data.n_triggers=0",), "train.theory"),
-    (("data.n_triggers=0", "train.theory=false", "train.loss=incontext"), "train.loss"),
+    "data.source=wiki", f"{DIRICHLET} data.dirichlet_alpha=inf", f"{DIRICHLET} data.dirichlet_alpha=1e7",
+    "data=dirichlet data.vocab_size=5000", "data.seq_len=0", "data.n_triggers=-1", "data.trigger_offset=-1",
+    "data.trigger_offset=61",  # 61 + 5 triggers > 65 tokens
+    "data.triggers=sometimes", "data.outputs=copy", "data.n_triggers=0 -> train.theory",
+    "data.n_triggers=0 train.theory=false train.loss=incontext",
     # training
-    (("train.steps=0",), "train.steps"),
-    (("train.batch_size=0",), "train.batch_size"),
-    (("train.eval_batch_size=0",), "train.eval_batch_size"),
-    (("train.eval_every=0",), "train.eval_every"),
-    (("train.ckpt_every=-1",), "train.ckpt_every"),
-    (("train.loss=some",), "train.loss"),
-    (("train.progress=fancy",), "train.progress"),
-    (("train.instances=0",), "train.instances"),
-    (("+train.freeze_until={W_K9: 3}",), "train.freeze_until"),
-    (("+train.freeze_until={W_K1: -3}",), "train.freeze_until.W_K1"),
+    "train.steps=0", "train.batch_size=0", "train.eval_batch_size=0", "train.eval_every=0", "train.ckpt_every=-1",
+    "train.loss=some", "train.progress=fancy", "train.instances=0", "+train.freeze_until={W_K9:3}",
+    "+train.freeze_until={W_K1:-3} -> train.freeze_until.W_K1",
     # top level
-    (("device=tpu",), "device"),
-    (("threads=-1",), "threads"),
-    ((f"threads={4 * (os.cpu_count() or 1) + 1}",), "threads"),
-    (("max_memory_gb=0",), "max_memory_gb"),
-    (("max_memory_gb=nan",), "max_memory_gb"),
+    "device=tpu", "threads=-1", f"threads={4 * (os.cpu_count() or 1) + 1}", "max_memory_gb=0", "max_memory_gb=nan",
     # sizes beyond the memory budget
-    (("data.seq_len=100000", "model.max_len=100000"), "max_memory_gb"),
-    (("train.batch_size=100000000",), "max_memory_gb"),
-    (("train.eval_batch_size=1000000000",), "max_memory_gb"),
-    (("model.d_model=1000000",), "max_memory_gb"),
-    (("model.ffn=relu", "model.d_hidden=1000000000"), "max_memory_gb"),
-    (("train.instances=1000000",), "max_memory_gb"),
-    (("data=dirichlet", "data.vocab_size=4096", "max_memory_gb=1"), "max_memory_gb"),  # refused before building
-]
+    "data.seq_len=100000 model.max_len=100000 -> max_memory_gb", "train.batch_size=100000000 -> max_memory_gb",
+    "train.eval_batch_size=1000000000 -> max_memory_gb", "model.d_model=1000000 -> max_memory_gb",
+    "model.ffn=relu model.d_hidden=1000000000 -> max_memory_gb", "train.instances=1000000 -> max_memory_gb",
+    "data=dirichlet data.vocab_size=4096 max_memory_gb=1",  # refused before building
+)]
 
 
 @pytest.mark.parametrize("overrides,setting", BAD_SETTINGS, ids=[" ".join(o) for o, _ in BAD_SETTINGS])

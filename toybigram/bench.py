@@ -29,7 +29,13 @@ noisy: compare figures taken in the same sitting.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
+
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -40,15 +46,16 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from toybigram.build import apply_threads, resolve_device, validate
-from toybigram.cli import first_lines, compose
+from toybigram.cli import compose, first_lines
 from toybigram.config import register_configs
 from toybigram.ensemble import instance_configs
 from toybigram.errors import ConfigError, UserError, exit_with
 from toybigram.evaluation import evaluate
 from toybigram.model import ModelSpec
 from toybigram.runio import dumps, provenance, read_jsonl, write_json
-from toybigram.train import TrainingStep, build_run, train
+from toybigram.runtime import DTYPES, apply_threads, resolve_device
+from toybigram.train import RunParts, TrainingStep, build_run, train
+from toybigram.validation import validate
 
 
 # -- FLOPs -----------------------------------------------------------------------------------
@@ -64,20 +71,16 @@ def step_flops(spec: ModelSpec, batch_size: int, seq_len: int) -> dict[str, int]
     """
     B, T, d, N, h = batch_size, seq_len, spec.d_model, spec.vocab_size, spec.d_hidden
     M = B * T
-    table_read = 2 * (N + (T if spec.pos == "ape" else 0)) * d * d  # read(W) = (W_E W)[z] + P W
+    positional = spec.positional
+    table_read = 2 * (N + positional.position_rows(T)) * d * d  # read(W) = (W_E W)[z] (+ P W)
     forward = backward = 0
     for layer in range(spec.n_layers):
         last = layer == spec.n_layers - 1
         if layer == 0:
             forward += table_read  # the key read: x W_K (rope: x W_K^T)
             backward += table_read  # its gradient: W_E^T and P^T times the table gradients
-            if spec.pos == "rpe":
-                R = spec.max_len  # (x W_K) r_delta^T for every stored distance
-                forward += 2 * M * d * R
-                backward += 2 * M * d * R
-            else:
-                forward += 2 * B * T * T * d  # scores against x
-                backward += 2 * B * T * T * d  # grad of the key read
+            forward += positional.score_flops(spec, B, T)  # scores against x, or against a position table
+            backward += positional.score_flops(spec, B, T)  # grad of the key read
             forward += 2 * d * d * d + table_read + 2 * B * T * T * d  # W_O W_V, the value read, a @ values
             backward += 2 * B * T * T * d  # grad of a (the frozen values need none)
             continue
@@ -169,22 +172,54 @@ def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_
                   matmul_size: int = 1024, instances: int = 1, e2e_steps: int = 0) -> dict:
     """Measure ``cfg``'s config; returns a JSON-ready dict (see the module docstring)."""
     chain, spec = validate(cfg)
-    if instances < 1:
-        raise ConfigError(f"--instances: must be at least 1, got {instances}")
-    if steps < 1 or warmup < 0 or e2e_steps < 0:
-        raise ConfigError("--steps must be positive; --warmup and --e2e non-negative")
-    if min(sampler_shape) < 1:
-        raise ConfigError(f"--sampler-shape: both sizes must be positive, got {sampler_shape}")
+    _check_options(steps, warmup, sampler_shape, instances, e2e_steps)
     apply_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    dtype = getattr(torch, spec.dtype)
+    dtype = DTYPES[spec.dtype]
     B, T = cfg.train.batch_size, cfg.data.seq_len
     dense = dense_matmul_gflops(matmul_size, dtype, device)
 
     run = build_run(cfg, chain, spec, device)
     sampler_b, sampler_t = sampler_shape
     sampler_s, _ = time_median(lambda: run.sampler.sample(sampler_b, sampler_t), device, max(3, steps // 2), 1)
+    timings = _time_training(cfg, run, device, steps, warmup)
+    flops = step_flops(spec, B, T)
+    result = {
+        "config": {
+            "vocab_size": spec.vocab_size, "d_model": spec.d_model, "n_layers": spec.n_layers, "pos": spec.pos,
+            "ffn": spec.ffn, "seq_len": T, "batch_size": B, "loss": cfg.train.loss, "optim": cfg.optim.name,
+            "eval_every": cfg.train.eval_every, "eval_batch_size": cfg.train.eval_batch_size, "dtype": spec.dtype,
+        },
+        "sampler": {"batch_size": sampler_b, "seq_len": sampler_t, "seconds": sampler_s,
+                    "tokens_per_second": sampler_b * sampler_t / sampler_s},
+        "train": timings,
+        "flops_per_step": flops,
+        "achieved_gflops": flops["total"] / (timings["model_step_ms"] / 1e3) / 1e9,
+    }
+    if instances > 1:
+        result["instances"] = _bench_instances(cfg, chain, spec, device, instances, steps, warmup)
+    if e2e_steps:
+        result["e2e"] = _bench_end_to_end(cfg, e2e_steps, instances)
+    dense += dense_matmul_gflops(matmul_size, dtype, device)
+    result["dense_matmul"] = {"n": matmul_size, "gflops_median": _median(dense), "gflops_max": max(dense)}
+    result["fraction_of_dense"] = result["achieved_gflops"] / result["dense_matmul"]["gflops_median"]
+    result["memory"] = peak_memory_mb(device)
+    result["machine"] = {**provenance(device, dtype), "load_average": list(_load_average()), "cpu_count": _cpu_count()}
+    return result
 
+
+def _check_options(steps: int, warmup: int, sampler_shape: tuple[int, int], instances: int, e2e_steps: int) -> None:
+    if instances < 1:
+        raise ConfigError(f"--instances: must be at least 1, got {instances}")
+    if steps < 1 or warmup < 0 or e2e_steps < 0:
+        raise ConfigError("--steps must be positive; --warmup and --e2e non-negative")
+    if min(sampler_shape) < 1:
+        raise ConfigError(f"--sampler-shape: both sizes must be positive, got {sampler_shape}")
+
+
+def _time_training(cfg: DictConfig, run: RunParts, device: torch.device, steps: int, warmup: int) -> dict:
+    """Model step (fixed batch), loop step (fresh batches) and evaluation of the trainer's own code, in ms."""
+    B, T = cfg.train.batch_size, cfg.data.seq_len
     model = run.model
     model.train()
     fixed = run.sampler.sample(B, T)
@@ -198,42 +233,16 @@ def run_benchmark(cfg: DictConfig, *, steps: int = 10, warmup: int = 3, sampler_
     eval_s, _ = time_median(
         lambda: evaluate(model, run.eval_batch, run.eval_bayes, run.transition, run.fixed_triggers), device, max(3, steps // 3), 1
     )
-    flops = step_flops(spec, B, T)
-    result = {
-        "config": {
-            "vocab_size": spec.vocab_size, "d_model": spec.d_model, "n_layers": spec.n_layers, "pos": spec.pos,
-            "ffn": spec.ffn, "seq_len": T, "batch_size": B, "loss": cfg.train.loss, "optim": cfg.optim.name,
-            "eval_every": cfg.train.eval_every, "eval_batch_size": cfg.train.eval_batch_size, "dtype": spec.dtype,
-        },
-        "sampler": {"batch_size": sampler_b, "seq_len": sampler_t, "seconds": sampler_s,
-                    "tokens_per_second": sampler_b * sampler_t / sampler_s},
-        "train": {
-            "model_step_ms": 1e3 * model_s,
-            "loop_step_ms": 1e3 * loop_s,
-            "eval_ms": 1e3 * eval_s,
-            "loop_step_ms_with_eval": 1e3 * (loop_s + eval_s / cfg.train.eval_every),
-            "tokens_per_second": B * T / loop_s,
-            "model_tokens_per_second": B * T / model_s,
-            "steps_timed": steps,
-            "warmup": warmup,
-        },
-        "flops_per_step": flops,
-        "achieved_gflops": flops["total"] / model_s / 1e9,
+    return {
+        "model_step_ms": 1e3 * model_s,
+        "loop_step_ms": 1e3 * loop_s,
+        "eval_ms": 1e3 * eval_s,
+        "loop_step_ms_with_eval": 1e3 * (loop_s + eval_s / cfg.train.eval_every),
+        "tokens_per_second": B * T / loop_s,
+        "model_tokens_per_second": B * T / model_s,
+        "steps_timed": steps,
+        "warmup": warmup,
     }
-    if instances > 1:
-        result["instances"] = _bench_instances(cfg, chain, spec, device, instances, steps, warmup)
-    if e2e_steps:
-        result["e2e"] = _bench_end_to_end(cfg, e2e_steps, instances)
-    dense += dense_matmul_gflops(matmul_size, dtype, device)
-    result["dense_matmul"] = {"n": matmul_size, "gflops_median": _median(dense), "gflops_max": max(dense)}
-    result["fraction_of_dense"] = result["achieved_gflops"] / result["dense_matmul"]["gflops_median"]
-    result["memory"] = peak_memory_mb(device)
-    result["machine"] = {
-        **provenance(device, dtype),
-        "load_average": list(_load_average()),
-        "cpu_count": _cpu_count(),
-    }
-    return result
 
 
 def _bench_instances(cfg, chain, spec, device, count: int, steps: int, warmup: int) -> dict:
@@ -287,16 +296,12 @@ def _bench_end_to_end(cfg: DictConfig, steps: int, instances: int) -> dict:
 
 def _load_average() -> tuple[float, ...]:
     try:
-        import os
-
         return os.getloadavg()
     except (OSError, AttributeError):
         return ()
 
 
 def _cpu_count() -> int | None:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 

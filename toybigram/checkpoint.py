@@ -142,11 +142,15 @@ def complete_config(saved: dict, path: str | Path = CHECKPOINT_FILE) -> dict:
         raise UserError(f"{_where(path)} has an invalid config: {f'{key}: ' if key else ''}{reason}") from None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, setting: str = "run_dir"):
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, setting: str = "run_dir",
+             ape_extension: str | None = None):
     """The trained model of a run directory and its config: ``(model, cfg)``.
 
-    Errors are one UserError line prefixed with ``setting``: no directory, an unusable
-    checkpoint, a config that no longer builds, or weights that do not match the config.
+    ``ape_extension`` (error, random or clamp) replaces the run's policy for prompts longer
+    than its absolute position table, which changes no weight: ``random`` lets a notebook
+    feed longer prompts. Errors are one UserError line prefixed with ``setting``: no
+    directory, an unusable checkpoint, a config that no longer builds, or weights that do
+    not match the config.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -154,6 +158,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, setting
     path = run_dir / CHECKPOINT_FILE
     state = load_checkpoint(path, device, setting=setting)
     cfg = OmegaConf.create(state["config"])
+    if ape_extension is not None:
+        cfg.model.ape_extension = ape_extension
     try:
         model = AssociativeTransformer(make_spec(cfg, make_chain(cfg.data)), seed=cfg.seed).to(device)
     except UserError as err:

@@ -15,12 +15,23 @@ from typing import Callable, Iterator
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from toybigram.config import register_configs as register_train_configs
 from toybigram.errors import DIVERGED_EXIT_CODE, INTERRUPT_EXIT_CODE, USAGE_EXIT_CODE, UserError, exit_with
+from toybigram.repetition.config import register_configs as register_repetition_configs
 from toybigram.rundir import DIVERGED, FAILED, check_writable_dir, read_summary, run_status, write_failed_summary
 from toybigram.runio import SUMMARY_FILE
+from toybigram.theory.config import register_configs as register_theory_configs
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
+# The schemas and presets each primary config in conf/ composes from.
+REGISTER_CONFIGS = {"train": register_train_configs, "theory": register_theory_configs, "repetition": register_repetition_configs}
+
+
+def register_configs(config_name: str) -> None:
+    """Store the structured configs ``config_name`` needs in Hydra's ConfigStore (idempotent)."""
+    if config_name in REGISTER_CONFIGS:
+        REGISTER_CONFIGS[config_name]()
 
 
 def first_lines(error: BaseException) -> str:
@@ -42,6 +53,7 @@ def compose(config_name: str, overrides: list[str] = (), with_hydra: bool = Fals
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    register_configs(config_name)
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_hydra)
 
@@ -60,6 +72,7 @@ def run_app(
     """
     import hydra
 
+    register_configs(config_name)
     args = sys.argv[1:]
     is_multirun = any(a in MULTIRUN_FLAGS for a in args)
     informational = any(a.startswith(("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion")) for a in args)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from toybigram.data import Batch
+from toybigram.hooks import pattern_hooks
 from toybigram.model import AssociativeTransformer
 from toybigram.probes import LABEL_CLASSES, attention_probes, weight_probes
 
@@ -57,8 +58,8 @@ CHUNK_SCORES = 2**20  # attention scores per chunk of sequences in evaluation
 def run_in_chunks(model: AssociativeTransformer, inputs: torch.Tensor, names: list[str]):
     """``model.run_with_cache`` over chunks of at most CHUNK_SCORES attention scores, concatenated.
 
-    A chunk's (B, T, T) scores stay in cache: at T = 128 the 512-sequence held-out batch
-    took 2x longer in one piece than in chunks of 64.
+    A chunk's (B, T, T) scores stay in the CPU cache, which a whole held-out batch of long
+    sequences would not.
     """
     size = max(1, CHUNK_SCORES // inputs.shape[-1] ** 2)
     parts = [model.run_with_cache(chunk, names_filter=names) for chunk in inputs.split(size)]
@@ -73,7 +74,7 @@ def evaluate(model: AssociativeTransformer, batch: Batch, bayes: torch.Tensor, t
     """Everything we log at an evaluation: split losses, attention probes, weight probes."""
     was_training = model.training
     model.eval()
-    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.spec.n_layers)]
+    names = pattern_hooks(model.spec.n_layers)
     logits, cache = run_in_chunks(model, batch.inputs, names)
     metrics = split_metrics(logits, batch, bayes)
     metrics.update(attention_probes(model, batch.inputs, batch.labels, cache))

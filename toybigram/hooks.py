@@ -17,6 +17,26 @@ HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
 
 
+def block_hook(layer: int, point: str) -> str:
+    """Name of a hook point inside block ``layer`` (0-based): ``block_hook(1, "attn.hook_pattern")``."""
+    return f"blocks.{layer}.{point}"
+
+
+def pattern_hook(layer: int) -> str:
+    """Name of layer ``layer``'s attention pattern (0-based), ``blocks.{layer}.attn.hook_pattern``."""
+    return block_hook(layer, "attn.hook_pattern")
+
+
+def pattern_hooks(n_layers: int) -> list[str]:
+    """The attention-pattern hook names of every layer, first to last."""
+    return [pattern_hook(layer) for layer in range(n_layers)]
+
+
+def circuit_pattern_hooks(n_layers: int) -> tuple[str, str]:
+    """The pattern hooks of the previous-token head and the induction head: the last two layers."""
+    return pattern_hook(n_layers - 2), pattern_hook(n_layers - 1)
+
+
 class HookPoint(nn.Module):
     """Identity that gives an activation a name (``blocks.1.attn.hook_pattern``, ...)."""
 

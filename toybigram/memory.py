@@ -13,7 +13,7 @@ batch), a training step and an evaluation:
 
 Step and evaluation are added, not maxed: the allocator keeps what a step freed for reuse,
 and an evaluation of other sizes cannot use it. The constants were fitted to the peak
-resident memory of real runs (``/usr/bin/time -v``): the estimate came out 1.1-1.8 times the
+resident memory of real runs (``/usr/bin/time -v``) so that the estimate stays above the
 measured peak. ``check_memory`` refuses a run above ``max_memory_gb``.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from toybigram.checks import number
 from toybigram.errors import ConfigError
 from toybigram.evaluation import CHUNK_SCORES
 from toybigram.model import ModelSpec
+from toybigram.positional import positional_encoding
 
 GB = 1e9
 RUNTIME_BYTES = 0.40 * GB  # Python with torch, numpy and Hydra loaded, and torch's first kernels
@@ -55,8 +56,8 @@ class RunShape:
     d_model: int
     d_hidden: int  # 0 unless the feed-forward block is relu
     n_layers: int
-    table_rows: int  # rows of the position table (ape, rpe), else 0
-    pos: str
+    table_rows: int  # rows of the frozen position tables (ape, rpe), else 0
+    pos: str  # the positional encoding's name
     ffn: str
     n_triggers: int
     instances: int
@@ -69,7 +70,7 @@ class RunShape:
         return cls(
             batch_size=train.batch_size, eval_batch_size=train.eval_batch_size, seq_len=cfg.data.seq_len,
             vocab_size=spec.vocab_size, d_model=spec.d_model, d_hidden=spec.d_hidden if spec.ffn == "relu" else 0,
-            n_layers=spec.n_layers, table_rows=spec.max_len if spec.pos in ("ape", "rpe") else 0, pos=spec.pos,
+            n_layers=spec.n_layers, table_rows=spec.positional.table_rows(spec), pos=spec.pos,
             ffn=spec.ffn, n_triggers=cfg.data.n_triggers, instances=train.get("instances", 1),
             dtype_bytes=8 if spec.dtype == "float64" else 4, optimizer_states=2 if cfg.optim.name == "adamw" else 1,
         )
@@ -79,8 +80,7 @@ def step_bytes(x: RunShape) -> float:
     """Peak of one training step of one instance, forward and backward."""
     B, T, s = x.batch_size, x.seq_len, x.dtype_bytes
     attention = B * T * T * s * (x.n_layers + 2) + 3 * T * T  # patterns kept, scores and gradients; causal masks
-    if x.pos == "rpe":
-        attention += 2 * B * T * x.table_rows * s + 16 * T * T  # scores by distance, the distance index
+    attention += positional_encoding(x.pos).score_bytes(B, T, x.table_rows, s)
     activations = B * T * (STEP_ACTIVATIONS * x.d_model + 4 * x.d_hidden) * s
     products = 8 * x.d_model**2 * s  # W_O W_V, W_E W and the like, with their gradients
     logits = B * T * x.vocab_size * (2 * s + 8)  # logits and gradient; float32 log-softmax and gradient

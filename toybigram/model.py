@@ -11,17 +11,19 @@ column vector as W x, so on rows as ``x @ W.T``; a bilinear score x_t^T W x_s is
     y_t    = h_t + W_O^2 W_V^2 sum_s a2(t,s) h_s  (+ FFN(y_t))
     logits = W_U^T y_t
 
-Frozen at random N(0, 1/d) entries: W_E, W_U, positions, every W_V, and W_O of all
-but the last layer. Trainable: W_K of every layer, W_O of the last layer, and the
-feed-forward block of the last layer; zero-initialised by default (the ReLU block's
-input matrix starts random, otherwise no gradient could reach it).
+The positional encoding (toybigram.positional) supplies p_t or layer 1's scores. Frozen at
+random N(0, 1/d) entries: W_E, W_U, the position tables, every W_V, and W_O of all but the
+last layer. Trainable: W_K of every layer, W_O of the last layer, and the feed-forward
+block of the last layer; zero-initialised by default (the ReLU block's input matrix
+starts random, otherwise no gradient could reach it).
 """
 from __future__ import annotations
 
 import math
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -29,34 +31,55 @@ import torch.nn.functional as F
 from torch import nn
 
 from toybigram.checks import boolean, choice, integer, number
-from toybigram.errors import ConfigError, require
-from toybigram.hooks import HookedModule, HookPoint
+from toybigram.errors import require
+from toybigram.hooks import HookedModule, HookPoint, NameFilter, name_predicate
+from toybigram.positional import ENCODINGS, PositionalEncoding, Read, positional_encoding
+from toybigram.runtime import DTYPES
+from toybigram.settings_help import setting
 
-POSITIONAL_ENCODINGS = ("ape", "rpe", "rope", "nope")
 FFN_KINDS = ("none", "linear", "relu")
 APE_EXTENSIONS = ("error", "random", "clamp")
 INITS = ("zero", "random")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-Read = Callable[[torch.Tensor], torch.Tensor]  # W -> x @ W for a layer's input x
-TABLE_READ_BYPASSES = ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z")
+MODEL_DTYPES = ("float32", "float64")
+# Hook points the table read of layer 1 does not pass through (see AssociativeTransformer).
+PLAIN_FORWARD_HOOKS = ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything that fixes the architecture; ``max_len`` is the position-table length."""
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The architecture settings: the Hydra group ``model`` (the vocabulary size comes from the data)."""
+
+    d_model: int = setting(256, "width d of the residual stream")
+    n_layers: int = setting(2, "2, or 3 (needed by model.pos=nope)")
+    pos: str = setting("ape", "positional encoding: ape (absolute), rpe (relative), rope (rotary), nope (none)")
+    max_len: Optional[int] = setting(None, "position-table length; null = data.seq_len")
+    ape_extension: str = setting("error", "prompts longer than the ape table: error, random (fresh frozen rows) or clamp")
+    ffn: str = setting("linear", "feed-forward block of the last layer: none, linear or relu")
+    d_hidden: int = setting(256, "hidden width of the relu block")
+    init: str = setting("zero", "initial value of the trainable matrices: zero or random")
+    scale_scores: bool = setting(False, "divide attention scores by sqrt(d)")
+    rope_base: float = setting(10000.0, "base of the rotary frequencies base^(-2i/d)")
+    dtype: str = setting("float32", "float32 or float64")
+
+
+@dataclass(kw_only=True)
+class ModelSpec(ModelConfig):
+    """Everything that fixes the architecture: the ``model`` settings, the vocabulary size, a resolved ``max_len``."""
 
     vocab_size: int
-    d_model: int = 128
-    n_layers: int = 2
-    pos: str = "ape"
-    max_len: int = 128
-    ape_extension: str = "error"
-    ffn: str = "linear"
-    d_hidden: int = 256
-    init: str = "zero"
-    scale_scores: bool = False
-    rope_base: float = 10000.0
-    dtype: str = "float32"
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], vocab_size: int, seq_len: int) -> "ModelSpec":
+        """The spec of ``model`` settings for ``vocab_size`` tokens; max_len None becomes the training length."""
+        values = dict(settings)
+        if values.get("max_len") is None:
+            values["max_len"] = seq_len
+        return cls(vocab_size=vocab_size, **values)
+
+    @property
+    def positional(self) -> PositionalEncoding:
+        """The positional encoding named by ``pos``."""
+        return positional_encoding(self.pos)
 
     def validate(self) -> "ModelSpec":
         """Check every field (ConfigError naming the setting); returns self. Sizes' upper bounds are the memory budget's."""
@@ -64,19 +87,14 @@ class ModelSpec:
         integer(self.d_model, "model.d_model", 1)
         require(self.n_layers in (2, 3), "model.n_layers", f"must be 2 or 3, got {self.n_layers}")
         for setting, value, choices in (
-            ("model.pos", self.pos, POSITIONAL_ENCODINGS),
+            ("model.pos", self.pos, ENCODINGS),
             ("model.ffn", self.ffn, FFN_KINDS),
             ("model.ape_extension", self.ape_extension, APE_EXTENSIONS),
             ("model.init", self.init, INITS),
-            ("model.dtype", self.dtype, tuple(DTYPES)),
+            ("model.dtype", self.dtype, MODEL_DTYPES),
         ):
             choice(value, setting, choices)
-        require(
-            self.pos != "nope" or self.n_layers >= 3,
-            "model.pos",
-            "nope needs model.n_layers=3 (the causal mask must first be turned into a position signal)",
-        )
-        require(self.pos != "rope" or self.d_model % 2 == 0, "model.d_model", "must be even for rope")
+        self.positional.check(self)
         integer(self.max_len, "model.max_len", 1)
         integer(self.d_hidden, "model.d_hidden", 1)
         boolean(self.scale_scores, "model.scale_scores")
@@ -84,6 +102,11 @@ class ModelSpec:
         # a base below 1 inverts the ladder, and 0 or a negative base gives inf or nan angles.
         number(self.rope_base, "model.rope_base", above=1)
         return self
+
+    def trainable_names(self) -> list[str]:
+        """The trainable matrices by the names of ``train.freeze_until``: W_K1.., W_O{L}, W_F."""
+        names = [f"W_K{i + 1}" for i in range(self.n_layers)] + [f"W_O{self.n_layers}"]
+        return names + (["W_F"] if self.ffn != "none" else [])
 
 
 def frozen_gaussian(seed: int, name: str, shape: tuple[int, ...], std: float) -> torch.Tensor:
@@ -95,20 +118,14 @@ def frozen_gaussian(seed: int, name: str, shape: tuple[int, ...], std: float) ->
     return torch.from_numpy(stream.standard_normal(shape) * std)
 
 
-def rotate(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary position: rotate the pairs (x_i, x_{i+d/2}) of row t by angle t * base^(-2i/d)."""
-    half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2 / x.shape[-1])
-    angles = positions.to(torch.float64)[:, None] * freqs[None, :]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
 class Attention(nn.Module):
-    """One single-head attention layer with W_Q = I: scores x_t^T W_K x_s, output W_O W_V sum_s a(t,s) x_s."""
+    """One single-head attention layer with W_Q = I: scores x_t^T W_K x_s, output W_O W_V sum_s a(t,s) x_s.
 
-    def __init__(self, spec: ModelSpec, layer: int, seed: int, positional: str, trainable_output: bool):
+    The first layer takes its scores from the positional encoding (``positional``); later ones use x alone.
+    """
+
+    def __init__(self, spec: ModelSpec, layer: int, seed: int, positional: PositionalEncoding | None,
+                 trainable_output: bool):
         super().__init__()
         d = spec.d_model
         self.spec, self.positional = spec, positional
@@ -124,28 +141,18 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
 
-    def scores(self, x: torch.Tensor, rel: torch.Tensor | None, read: Read | None = None) -> torch.Tensor:
-        """Raw scores (B, T, T) before the mask."""
-        T = x.shape[1]
+    def scores(self, x: torch.Tensor, tables: dict[str, torch.Tensor], read: Read | None = None) -> torch.Tensor:
+        """Raw scores (B, T, T) before the mask; ``tables`` are the model's position tables by name."""
         read = read or (lambda W: x @ W)
-        if self.positional == "rpe":
-            # x_t^T W_K r_{t-s}; distances beyond the table share its last row.
-            distance = torch.arange(T, device=x.device)[:, None] - torch.arange(T, device=x.device)[None, :]
-            distance = distance.clamp(0, rel.shape[0] - 1)
-            by_distance = read(self.W_K) @ rel.T  # (B, T, D)
-            return by_distance.gather(-1, distance.expand(x.shape[0], T, T))
-        if self.positional == "rope":
-            positions = torch.arange(T, device=x.device)
-            query = rotate(x, positions, self.spec.rope_base)
-            key = rotate(read(self.W_K.T), positions, self.spec.rope_base)
-            return query @ key.transpose(-1, -2)
-        return read(self.W_K) @ x.transpose(-1, -2)
+        if self.positional is None:
+            return read(self.W_K) @ x.transpose(-1, -2)
+        return self.positional.scores(x, self.W_K, read, tables, self.spec)
 
-    def forward(self, x: torch.Tensor, rel: torch.Tensor | None = None, read: Read | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tables: dict[str, torch.Tensor], read: Read | None = None) -> torch.Tensor:
         """``read(W)`` must equal ``x @ W``: the first layer gets one that reads the embedding tables (see
         ``AssociativeTransformer.embedding_read``), and then also takes its values from them."""
         T = x.shape[1]
-        scores = self.scores(x, rel, read)
+        scores = self.scores(x, tables, read)
         if self.spec.scale_scores:
             scores = scores / math.sqrt(self.spec.d_model)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -181,11 +188,10 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, spec: ModelSpec, layer: int, seed: int):
+    def __init__(self, spec: ModelSpec, layer: int, seed: int, positional: PositionalEncoding):
         super().__init__()
         last = layer == spec.n_layers - 1
-        positional = spec.pos if (layer == 0 and spec.pos in ("rpe", "rope")) else "plain"
-        self.attn = Attention(spec, layer + 1, seed, positional, trainable_output=last)
+        self.attn = Attention(spec, layer + 1, seed, positional if layer == 0 else None, trainable_output=last)
         self.mlp = FeedForward(spec, seed) if (last and spec.ffn != "none") else None
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
@@ -197,9 +203,9 @@ class Block(nn.Module):
     W_V = property(lambda self: self.attn.W_V)
     W_O = property(lambda self: self.attn.W_O)
 
-    def forward(self, x: torch.Tensor, rel: torch.Tensor | None = None, read: Read | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tables: dict[str, torch.Tensor], read: Read | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, rel, read)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, tables, read)))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(x))
         return self.hook_resid_post(x)
@@ -213,20 +219,31 @@ class AssociativeTransformer(HookedModule):
     ``blocks.{i}.attn.hook_pattern``, ``blocks.{i}.attn.hook_z``, ``blocks.{i}.hook_attn_out``,
     ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.mlp.hook_pre``/``hook_post`` (relu),
     ``blocks.{i}.hook_mlp_out``, ``blocks.{i}.hook_resid_post``.
+
+    Two forward paths, chosen by the caller. By default (``table_read`` true) layer 1 reads
+    its keys and values from embedding tables of N + T rows (``embedding_read``) instead of
+    multiplying every position's x_t: the training step's path. That read does not pass
+    through ``PLAIN_FORWARD_HOOKS`` (the embeddings, layer 1's input and its z), so a forward
+    with a hook on one of them raises RuntimeError (``run_with_cache`` switches by itself when its
+    filter includes one of them). Inside ``with model.plain_forward():``
+    layer 1 multiplies the residual stream itself: every hook point fires and an edited
+    embedding reaches layer 1's keys and values. Both paths give the same numbers up to rounding.
     """
 
     def __init__(self, spec: ModelSpec, seed: int = 0):
         super().__init__()
         self.spec = spec.validate()
         self.seed = int(seed)
+        self.positional = positional_encoding(spec.pos)
+        self.table_read = True
         N, d, L = spec.vocab_size, spec.d_model, spec.max_len
         std = 1 / math.sqrt(d)
         self.register_buffer("W_E", frozen_gaussian(seed, "W_E", (N, d), std))  # rows w_E(k)
         self.register_buffer("W_U", frozen_gaussian(seed, "W_U", (N, d), std).T.contiguous())  # columns w_U(k)
-        self.register_buffer("W_pos", frozen_gaussian(seed, "W_pos", (L, d), std) if spec.pos == "ape" else None)
-        self.register_buffer("W_rel", frozen_gaussian(seed, "W_rel", (L, d), std) if spec.pos == "rpe" else None)
-        self._extended_positions: torch.Tensor | None = None
-        self.blocks = nn.ModuleList(Block(spec, i, seed) for i in range(spec.n_layers))
+        for name in self.positional.tables:
+            self.register_buffer(name, frozen_gaussian(seed, name, (L, d), std))
+        self._extended_tables: dict[str, torch.Tensor] = {}
+        self.blocks = nn.ModuleList(Block(spec, i, seed, self.positional) for i in range(spec.n_layers))
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
         self.to(DTYPES[spec.dtype])
@@ -240,37 +257,36 @@ class AssociativeTransformer(HookedModule):
     def d_model(self) -> int:
         return self.spec.d_model
 
-    def positions(self, T: int) -> torch.Tensor:
-        """Rows p_0..p_{T-1} of the absolute table, extended by ``ape_extension`` if T > max_len."""
-        L = self.spec.max_len
-        if T <= L:
-            return self.W_pos[:T]
-        policy = self.spec.ape_extension
-        if policy == "error":
-            raise ConfigError(
-                f"prompt length {T} exceeds the absolute position table (model.max_len={L}); "
-                "set model.ape_extension=random or clamp to test longer prompts"
-            )
-        if policy == "clamp":
-            return torch.cat([self.W_pos, self.W_pos[-1:].expand(T - L, -1)])
-        if self._extended_positions is None or self._extended_positions.shape[0] < T:
-            table = frozen_gaussian(self.seed, "W_pos", (T, self.d_model), 1 / math.sqrt(self.d_model))
-            self._extended_positions = table.to(self.W_pos)  # untrained rows past max_len
-        return torch.cat([self.W_pos, self._extended_positions[L:T]])
+    def extended_table(self, name: str, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows of frozen table ``name`` drawn beyond its stored length (cached; the stored
+        rows come first: a table's stream extends a shorter one)."""
+        table = self._extended_tables.get(name)
+        if table is None or table.shape[0] < rows:
+            drawn = frozen_gaussian(self.seed, name, (rows, self.d_model), 1 / math.sqrt(self.d_model))
+            table = self._extended_tables[name] = drawn.to(getattr(self, name))
+        return table[:rows]
+
+    def position_tables(self) -> dict[str, torch.Tensor]:
+        """The positional encoding's frozen tables by name (W_pos for ape, W_rel for rpe)."""
+        return {name: getattr(self, name) for name in self.positional.tables}
+
+    def positions(self, T: int) -> torch.Tensor | None:
+        """Absolute positions p_0..p_{T-1} added to the embeddings (ape, extended by ``ape_extension``); else None."""
+        return self.positional.positions(self, T)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.hook_embed(self.W_E[tokens])
-        if self.spec.pos == "ape":
-            x = x + self.hook_pos_embed(self.positions(tokens.shape[1]))
+        positions = self.positions(tokens.shape[1])
+        if positions is not None:
+            x = x + self.hook_pos_embed(positions)
         return x
 
     def embedding_read(self, tokens: torch.Tensor) -> Read:
         """``W -> x @ W`` for the embedded tokens x_t = w_E(z_t) + p_t, from tables of N + T rows.
 
-        (W_E W)[z_t] + p_t W costs (N + T) d^2 instead of B T d^2: the first layer reads its
-        keys and values this way (a sixth of a training step's FLOPs at d = T = 128).
+        (W_E W)[z_t] + p_t W costs (N + T) d^2 instead of B T d^2.
         """
-        positions = self.positions(tokens.shape[-1]) if self.spec.pos == "ape" else None
+        positions = self.positions(tokens.shape[-1])
 
         def read(W: torch.Tensor) -> torch.Tensor:
             out = F.embedding(tokens, self.W_E @ W)
@@ -278,13 +294,42 @@ class AssociativeTransformer(HookedModule):
 
         return read
 
+    @contextmanager
+    def plain_forward(self) -> Iterator["AssociativeTransformer"]:
+        """Within the block layer 1 multiplies the residual stream itself, so every hook point fires."""
+        previous, self.table_read = self.table_read, False
+        try:
+            yield self
+        finally:
+            self.table_read = previous
+
+    def run_with_cache(self, *args, names_filter: NameFilter = None, detach: bool = True, **kwargs):
+        """``(logits, cache)`` as ``HookedModule.run_with_cache``. A cache that includes one of
+        ``PLAIN_FORWARD_HOOKS`` (every hook, when ``names_filter`` is None) runs inside
+        ``plain_forward``, so the cached activations are the ones layer 1 actually reads."""
+        wanted = name_predicate(names_filter)
+        if not any(wanted(name) for name in PLAIN_FORWARD_HOOKS):
+            return super().run_with_cache(*args, names_filter=names_filter, detach=detach, **kwargs)
+        with self.plain_forward():
+            return super().run_with_cache(*args, names_filter=names_filter, detach=detach, **kwargs)
+
+    def _layer1_read(self, tokens: torch.Tensor) -> Read | None:
+        """The table read of layer 1, or None for the plain products (``plain_forward``)."""
+        if not self.table_read:
+            return None
+        hooked = [name for name in PLAIN_FORWARD_HOOKS if self.hooks_attached([name])]
+        if hooked:
+            raise RuntimeError(f"hook point {hooked[0]} is not on the table-read path of layer 1; "
+                               "run the hooked forward inside `with model.plain_forward():`")
+        return self.embedding_read(tokens)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, N) for input tokens (B, T)."""
+        read = self._layer1_read(tokens)
         x = self.embed(tokens)
-        # A hook on the embedding or on layer 1's input or z gets the plain products of the (possibly edited) x.
-        read = None if self.hooks_attached(TABLE_READ_BYPASSES) else self.embedding_read(tokens)
+        tables = self.position_tables()
         for i, block in enumerate(self.blocks):
-            x = block(x, self.W_rel, read if i == 0 else None)
+            x = block(x, tables, read if i == 0 else None)
         return x @ self.W_U
 
     # -- the memories, named as in docs/theory.md ------------------------------------------------

@@ -9,38 +9,48 @@ import math
 
 import torch
 
-from toybigram.model import AssociativeTransformer, rotate
+from toybigram.hooks import circuit_pattern_hooks
+from toybigram.model import AssociativeTransformer
+from toybigram.positional import previous_token_alpha
 
 LABEL_CLASSES = {"global": (0, 0), "first": (1, 1), "incontext": (2, None)}
 
 
-def _layers(model: AssociativeTransformer) -> tuple[int, int]:
+def circuit_layers(model: AssociativeTransformer) -> tuple[int, int]:
+    """Indices (0-based) of the previous-token layer and the induction layer: the last two."""
     return model.spec.n_layers - 2, model.spec.n_layers - 1
+
+
+def score_scale(model: AssociativeTransformer) -> float:
+    """The factor the model applies to attention scores: 1/sqrt(d) with ``scale_scores``, else 1."""
+    return 1 / math.sqrt(model.d_model) if model.spec.scale_scores else 1.0
 
 
 @torch.no_grad()
 def previous_token_scores(model: AssociativeTransformer, length: int | None = None) -> torch.Tensor | None:
-    """Layer-1 score matrix S[t, s] carried by positions alone, (T, T); None for nope.
+    """Layer-1 score matrix S[t, s] carried by positions alone, (T, T); None when positions carry none (nope).
 
     ape: p_t^T W_K p_s. rope/rpe: the score between a mean token at t and at s, which
     carries only the relative position (rope: ubar^T R_{s-t} W_K ubar; rpe: ubar^T W_K r_{t-s}).
     """
-    spec = model.spec
-    T = length or spec.max_len
-    W_K = model.blocks[_layers(model)[0]].attn.W_K
-    mean_token = model.W_E.mean(dim=0)
-    if spec.pos == "ape":
-        P = model.positions(T)
-        return P @ W_K @ P.T
-    if spec.pos == "rope":
-        positions = torch.arange(T, device=W_K.device)
-        u = mean_token.expand(T, -1)
-        return rotate(u, positions, spec.rope_base) @ rotate(u @ W_K.T, positions, spec.rope_base).T
-    if spec.pos == "rpe":
-        by_distance = (mean_token @ W_K) @ model.W_rel.T  # (D,)
-        distance = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).clamp(0, model.W_rel.shape[0] - 1)
-        return by_distance[distance.to(by_distance.device)]
-    return None
+    W_K = model.blocks[circuit_layers(model)[0]].attn.W_K
+    return model.positional.position_scores(model, W_K, length or model.spec.max_len)
+
+
+@torch.no_grad()
+def read_alpha(model: AssociativeTransformer, length: int | None = None) -> torch.Tensor | None:
+    """alpha_t (T,) of the position-only scores (scaled as the model scales them), relative to the other
+    causal scores of row t (alpha_0 = 0); for rpe/rope a relative profile as (T,) alpha_t; None for nope."""
+    scores = previous_token_scores(model, length)
+    return None if scores is None else previous_token_alpha(scores.double() * score_scale(model))
+
+
+@torch.no_grad()
+def position_profile(model: AssociativeTransformer, length: int) -> dict[str, torch.Tensor]:
+    """The previous-token head's profile from positions alone: {"alpha": (T,)} by position for absolute
+    encodings, {"alpha_by_offset": (T,)} by offset t - s from the last query for relative ones, {} for nope."""
+    scores = previous_token_scores(model, length)
+    return {} if scores is None else model.positional.profile(scores.double(), score_scale(model))
 
 
 def previous_token_recall(model: AssociativeTransformer, first: int = 64) -> dict[str, float | None]:
@@ -58,14 +68,14 @@ def previous_token_recall(model: AssociativeTransformer, first: int = 64) -> dic
 @torch.no_grad()
 def induction_key_memory(model: AssociativeTransformer) -> torch.Tensor:
     """lambda[k, j] = w_E(k)^T W_K^2 Phi_1 w_E(j), (N, N)."""
-    prev, ind = _layers(model)
+    prev, ind = circuit_layers(model)
     return model.W_E @ model.blocks[ind].attn.W_K @ model.ov(prev) @ model.W_E.T
 
 
 @torch.no_grad()
 def copy_memory(model: AssociativeTransformer) -> torch.Tensor:
     """beta[j, k] = w_U(j)^T W_O^2 W_V^2 w_E(k), (N, N): row j = output, column k = attended token."""
-    return model.W_U.T @ model.ov(_layers(model)[1]) @ model.W_E.T
+    return model.W_U.T @ model.ov(circuit_layers(model)[1]) @ model.W_E.T
 
 
 @torch.no_grad()
@@ -125,8 +135,7 @@ def attention_probes(model: AssociativeTransformer, inputs: torch.Tensor, labels
     attn_induction: mean over in-context positions (label >= 2) of the layer-2 mass on
     positions s whose previous token equals the current token.
     """
-    prev, ind = _layers(model)
-    names = [f"blocks.{prev}.attn.hook_pattern", f"blocks.{ind}.attn.hook_pattern"]
+    names = circuit_pattern_hooks(model.spec.n_layers)
     if cache is None or not all(n in cache for n in names):
         _, cache = model.run_with_cache(inputs, names_filter=names)
     a1, a2 = cache[names[0]], cache[names[1]]

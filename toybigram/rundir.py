@@ -137,3 +137,26 @@ def write_failed_summary(run_dir: Path, error: str, settings: dict | None) -> bo
         return False
     write_json(run_dir / SUMMARY_FILE, {"status": FAILED, "error": error, "config": settings})
     return True
+
+
+LATEST_LINK = "latest"
+
+
+def link_latest(run_dir: Path, runs_root: Path = Path("outputs") / "train") -> Path | None:
+    """Point ``outputs/train/latest`` at a finished run of the default run directory (replaced atomically).
+
+    Only runs under ``runs_root`` (relative to the working directory) get the link; a run
+    elsewhere (``hydra.run.dir=...``) leaves it alone. Returns the link, or None.
+    """
+    root = runs_root.resolve()
+    target = run_dir.resolve()
+    if root not in target.parents:
+        return None
+    link = root / LATEST_LINK
+    if link.exists() and not link.is_symlink():
+        return None  # a user's own file or folder of that name stays
+    temporary = root / f".{LATEST_LINK}.{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target.relative_to(root), target_is_directory=True)
+    os.replace(temporary, link)
+    return link

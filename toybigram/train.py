@@ -1,6 +1,6 @@
 """Train the associative-memory transformer on bigram-with-triggers data.
 
-    python -m toybigram.train                       # the main job: Shakespeare bigrams, ~1 min on 2 CPU cores
+    python -m toybigram.train                       # the main job: Shakespeare bigrams, then the theory analysis
     python -m toybigram.train data=dirichlet data.vocab_size=32 optim=sgd train.loss=incontext
     python -m toybigram.train -m seed=0,1,2         # a Hydra multirun
     python -m toybigram.train train.instances=8     # 8 seeds trained together in one process
@@ -12,6 +12,11 @@ Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint and prints t
 that resumes; a non-finite loss or parameter stops the run as diverged (exit code 3).
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
 
 import logging
 import math
@@ -28,16 +33,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from toybigram.build import apply_threads, data_seeds, make_sampler, resolve_device, validate
-from toybigram.config import register_configs
 from toybigram.checkpoint import CHECKPOINT_FILE, clean_stale_temporaries, load_checkpoint, load_run, save_checkpoint
+from toybigram.cli import run_app
 from toybigram.data import Batch, BigramChain, TriggerSampler
 from toybigram.ensemble import ENSEMBLE_FILE, StackedModels, run_layout
 from toybigram.errors import DIVERGED_EXIT_CODE, UserError
 from toybigram.evaluation import evaluate, training_loss
 from toybigram.model import AssociativeTransformer
-from toybigram.report import write_report
-from toybigram.rundir import DIVERGED, FINISHED, check_run_dir, prepare_run_dir, read_summary, run_settings
+from toybigram.report.build import write_report
+from toybigram.rundir import DIVERGED, FINISHED, check_run_dir, link_latest, prepare_run_dir, read_summary, run_settings
 from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, append_jsonl, atomic_write_text, provenance, read_jsonl, write_json, write_jsonl
+from toybigram.theory.compare import analyze_run, headline
 
 log = logging.getLogger("toybigram.train")
 TIMING_KEYS = ("elapsed_seconds",)
@@ -432,8 +438,6 @@ def finish_diverged(run: RunState, start: float, reason: str) -> None:
 
 def add_theory(run_dir: Path, model: AssociativeTransformer, cfg: DictConfig, summary: dict) -> dict:
     """Run the quick theory analysis of a finished run and add its headline to summary.json (atomically)."""
-    from toybigram.theory import analyze_run  # the theory package builds on this module's run files
-
     model.eval()
     summary = {**summary, "theory": analyze_run(run_dir, model, cfg, quick=True)}
     write_json(run_dir / SUMMARY_FILE, summary)
@@ -531,8 +535,6 @@ def print_summary(summary: dict) -> None:
         ])
     )
     if "theory" in summary:
-        from toybigram.theory.__main__ import headline  # the theory package builds on this module
-
         print("  " + headline(summary["theory"], Path(summary["run_dir"])))
     print(f"  output      {summary['run_dir']}")
 
@@ -572,15 +574,15 @@ def main_task(cfg: DictConfig) -> dict | list[dict] | None:
     (print_ensemble if isinstance(summary, list) else print_summary)(summary)
     if cfg.train.report:
         print(f"  report      {write_report(run_dir)}")
-    if any(s.get("status") == DIVERGED for s in summaries) and hydra_cfg.mode != RunMode.MULTIRUN:
-        sys.exit(DIVERGED_EXIT_CODE)
+    diverged = any(s.get("status") == DIVERGED for s in summaries)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        if diverged:
+            sys.exit(DIVERGED_EXIT_CODE)
+        link_latest(run_dir)
     return summary
 
 
 def main() -> None:
-    from toybigram.cli import run_app  # the entry point's wrapper, not a dependency of training
-
-    register_configs()
     run_app(main_task, "train", precheck)
 
 

@@ -7,20 +7,28 @@ perplexity, figures, and ``summary.json`` last.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
+
+import io
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from toybigram import runio
+from toybigram.build import make_chain, make_sampler, torch_threads
+from toybigram.cli import run_app
 from toybigram.errors import ConfigError, UserError, require
-from toybigram.repetition import config as _config  # noqa: F401  (registers the schema)
-from toybigram.repetition import analysis, interventions, perplexity
+from toybigram.repetition import analysis, interventions, perplexity, plots
 from toybigram.repetition.generation import collect
 from toybigram.repetition.interventions import Condition
 from toybigram.repetition.models import ModelFacts, load_subject, precheck_model, resolve_device
@@ -193,15 +201,12 @@ def stage_scores(cfg, subject, rank_texts: list[dict], run_dir: Path, bars) -> d
     delta = delta_scores(profile, offsets, s.width)
     ranking = rank(delta)
     if not (cfg.resume and path.is_file()):
-        buffer_path = path
-        import io
-
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer, delta=delta, ranking=ranking, profile=profile.astype(np.float32), offsets=offsets,
             site_layers=np.asarray(subject.site_layers), site_sizes=np.asarray(subject.site_sizes),
         )
-        runio.atomic_write_bytes(buffer_path, buffer.getvalue())
+        runio.atomic_write_bytes(path, buffer.getvalue())
     top = [{**analysis.describe_neuron(subject, int(i)), "delta": float(delta[i])} for i in ranking[:100]]
     runio.write_json(run_dir / "top_neurons.json", top)
     layers = analysis.layer_distribution(subject, delta, s.top_fraction)
@@ -279,8 +284,6 @@ def stage_interventions(cfg, subject, texts: list[dict], sets: NeuronSets, run_d
 def perplexity_chunks(cfg, subject) -> tuple[list[list[int]], str]:
     p = cfg.perplexity
     if hasattr(subject, "train_cfg"):
-        from toybigram.build import make_chain, make_sampler
-
         tcfg = subject.train_cfg
         chain = make_chain(tcfg.data)
         sampler = make_sampler(tcfg.data, chain, torch.device("cpu"), seed=10_000 + int(tcfg.data_seed))
@@ -317,31 +320,52 @@ def stage_perplexity(cfg, subject, sets: NeuronSets, run_dir: Path, bars) -> tup
 
 
 def run_study(cfg: DictConfig, run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    """The whole study in ``run_dir`` with ``cfg.threads`` torch CPU threads (the count is restored after)."""
+    with torch_threads(cfg.threads or 0):
+        return study(cfg, Path(run_dir))
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the block's wall time in seconds under ``key``."""
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
+def study(cfg: DictConfig, run_dir: Path) -> dict:
+    """Every stage in order, then summary.json; returns the summary."""
     device = resolve_device(cfg.device)
     bars = Bars(cfg.progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    subject = load_subject(cfg.lm, device)
-    check_sizes(cfg, ModelFacts(subject.n_neurons, subject.max_len), subject.name)  # also when called without precheck
-    if cfg.overwrite and not cfg.resume:
-        for name in (runio.SUMMARY_FILE, TEXTS_PARTIAL, TEXTS, SCORES, INTERVENTIONS_PARTIAL, PERPLEXITY_PARTIAL):
-            (run_dir / name).unlink(missing_ok=True)
-    timings["load_s"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    texts = stage_collect(cfg, subject, run_dir, bars)
-    timings["collect_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    scores = stage_scores(cfg, subject, [r for r in texts if r["split"] == "rank"], run_dir, bars)
-    timings["capture_s"] = time.perf_counter() - t
+    with timed(timings, "load_s"):
+        subject = load_subject(cfg.lm, device)
+        check_sizes(cfg, ModelFacts(subject.n_neurons, subject.max_len), subject.name)  # also when called without precheck
+        if cfg.overwrite and not cfg.resume:
+            for name in (runio.SUMMARY_FILE, TEXTS_PARTIAL, TEXTS, SCORES, INTERVENTIONS_PARTIAL, PERPLEXITY_PARTIAL):
+                (run_dir / name).unlink(missing_ok=True)
+    with timed(timings, "collect_s"):
+        texts = stage_collect(cfg, subject, run_dir, bars)
+    with timed(timings, "capture_s"):
+        scores = stage_scores(cfg, subject, [r for r in texts if r["split"] == "rank"], run_dir, bars)
     draws = max(cfg.intervene.random_draws, cfg.perplexity.random_draws)
     sets = NeuronSets.build(scores["ranking"], subject.site_sizes, draws, cfg.seed)
+    with timed(timings, "interventions_s"):
+        tables = stage_intervention_tables(cfg, subject, texts, sets, run_dir, bars)
+    ppl = {"source": None, "tokens": 0, "table": None}
+    if cfg.perplexity.enabled:
+        with timed(timings, "perplexity_s"):
+            ppl = stage_perplexity_tables(cfg, subject, sets, tables, run_dir, bars)
+    figures = plots.write_all(run_dir) if cfg.figures else []
+    timings["total_s"] = time.perf_counter() - t0
+    summary = build_summary(cfg, subject, texts, scores, tables, ppl, figures, timings, run_dir, device)
+    runio.write_json(run_dir / runio.SUMMARY_FILE, summary)
+    return summary
 
-    t = time.perf_counter()
+
+def stage_intervention_tables(cfg, subject, texts: list[dict], sets: NeuronSets, run_dir: Path, bars) -> dict:
+    """The intervention sweeps, then the loop rate per experiment, selection and K (interventions_table.json)."""
     ks = [int(k) for k in cfg.intervene.ks]
     rows = stage_interventions(cfg, subject, texts, sets, run_dir, bars)
     tables = {
@@ -350,27 +374,17 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict:
         if any(r["experiment"] == experiment for r in rows)
     }
     runio.write_json(run_dir / "interventions_table.json", tables)
-    timings["interventions_s"] = time.perf_counter() - t
+    return tables
 
-    ppl = {"source": None, "tokens": 0, "table": None}
-    if cfg.perplexity.enabled:
-        t = time.perf_counter()
-        ppl_rows, ppl["source"], ppl["tokens"] = stage_perplexity(cfg, subject, sets, run_dir, bars)
-        ppl["table"] = perplexity.summarise(ppl_rows, ks, cfg.seed)
-        runio.write_jsonl(run_dir / "perplexity.jsonl", ppl_rows)
-        runio.write_json(run_dir / "perplexity_table.json", ppl)
-        runio.write_json(run_dir / EFFECT_VS_DAMAGE, interventions.effect_vs_damage(tables, ppl["table"]))
-        timings["perplexity_s"] = time.perf_counter() - t
 
-    figures = []
-    if cfg.figures:
-        from toybigram.repetition import plots
-
-        figures = plots.write_all(run_dir)
-    timings["total_s"] = time.perf_counter() - t0
-    summary = build_summary(cfg, subject, texts, scores, tables, ppl, figures, timings, run_dir, device)
-    runio.write_json(run_dir / runio.SUMMARY_FILE, summary)
-    return summary
+def stage_perplexity_tables(cfg, subject, sets: NeuronSets, tables: dict, run_dir: Path, bars) -> dict:
+    """Perplexity under every edit, its table and the effect against the damage (perplexity_table.json and others)."""
+    rows, source, tokens = stage_perplexity(cfg, subject, sets, run_dir, bars)
+    ppl = {"source": source, "tokens": tokens, "table": perplexity.summarise(rows, [int(k) for k in cfg.intervene.ks], cfg.seed)}
+    runio.write_jsonl(run_dir / "perplexity.jsonl", rows)
+    runio.write_json(run_dir / "perplexity_table.json", ppl)
+    runio.write_json(run_dir / EFFECT_VS_DAMAGE, interventions.effect_vs_damage(tables, ppl["table"]))
+    return ppl
 
 
 def build_summary(cfg, subject, texts, scores, tables, ppl, figures, timings, run_dir: Path, device) -> dict:
@@ -437,8 +451,6 @@ def main_task(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    from toybigram.cli import run_app
-
     run_app(main_task, "repetition", precheck)
 
 

@@ -8,15 +8,22 @@ token agrees.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
+
 import argparse
 import sys
 import time
 
 import torch
 
+from toybigram.build import apply_threads
 from toybigram.errors import UserError, exit_with
 from toybigram.repetition.config import CollectConfig, LMConfig
 from toybigram.repetition.generation import generate_texts, greedy_continue
+from toybigram.repetition.models import load_subject
 
 
 def main(argv=None) -> None:
@@ -27,7 +34,7 @@ def main(argv=None) -> None:
     parser.add_argument("--prefix-len", type=int, default=10)
     parser.add_argument("--greedy-len", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -36,12 +43,11 @@ def main(argv=None) -> None:
 
 
 def run(args) -> None:
-    from toybigram.repetition.models import load_subject
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.texts < 1 or args.batch_size < 1:
         raise UserError("--texts and --batch-size must be at least 1")
+    if args.threads < 0:
+        raise UserError(f"--threads must be non-negative, got {args.threads}")
+    apply_threads(args.threads)
     lm = LMConfig(kind="smollm2") if args.lm == "smollm2" else LMConfig(kind="hf", path=args.lm)
     subject = load_subject(lm, torch.device("cpu"))
     if not hasattr(subject, "tokenizer"):

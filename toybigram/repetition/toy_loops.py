@@ -19,6 +19,11 @@ Writes ``toy_loops.json`` into RUN_DIR and prints a table.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
+
 import argparse
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,8 +33,9 @@ import numpy as np
 import torch
 
 from toybigram import runio
-from toybigram.build import make_chain
+from toybigram.build import apply_threads, make_chain
 from toybigram.errors import UserError, exit_with
+from toybigram.hooks import block_hook
 from toybigram.repetition.detector import find_loop
 from toybigram.repetition.generation import decode_batch, generate_texts
 from toybigram.repetition.models import ToySubject, load_toy, resolve_dtype
@@ -45,9 +51,9 @@ def ablations(subject: ToySubject) -> dict[str, list]:
     """Hook lists that remove one component each (``none``: the model as trained)."""
     last = subject.n_layers - 1
     out = {"none": []}
-    out.update({f"attn{i + 1}": [(f"blocks.{i}.hook_attn_out", zero)] for i in range(subject.n_layers)})
-    out["ffn"] = [(f"blocks.{last}.hook_mlp_out", zero)]
-    out["neurons"] = [(f"blocks.{last}.mlp.hook_post", zero)]
+    out.update({f"attn{i + 1}": [(block_hook(i, "hook_attn_out"), zero)] for i in range(subject.n_layers)})
+    out["ffn"] = [(block_hook(last, "hook_mlp_out"), zero)]
+    out["neurons"] = [(block_hook(last, "mlp.hook_post"), zero)]
     return out
 
 
@@ -137,13 +143,15 @@ def main(argv=None) -> None:
     parser.add_argument("--prefix", type=int, default=60, help="sampled tokens before the greedy continuation")
     parser.add_argument("--new", type=int, default=150, help="greedy tokens")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     try:
         for name in ("prompts", "prefix", "new"):
             if getattr(args, name) < 1:
                 raise UserError(f"--{name}: must be at least 1, got {getattr(args, name)}")
-        torch.set_num_threads(args.threads)
+        if args.threads < 0:
+            raise UserError(f"--threads: must be non-negative, got {args.threads}")
+        apply_threads(args.threads)
         subject = load_toy(Path(args.run_dir).resolve(), torch.device("cpu"), resolve_dtype("float32"))
         result = study(subject, args.prompts, args.prefix, args.new, args.seed)
     except UserError as err:

@@ -9,7 +9,7 @@ prompt, the theory headline and plots, and the resolved settings. A sweep's repo
 of runs: Hydra's 0/, 1/, ... or train.instances' instance0/, ...) gives the mean and 95%
 t-interval over seeds of every figure and curve, per group of runs with equal settings,
 and links each run's own report. Figures are defined in docs/metrics.md.
-"""
-from toybigram.report.build import REPORT_FILE, write_report
 
-__all__ = ["REPORT_FILE", "write_report"]
+From Python: ``toybigram.report.build.write_report(run_dir)``. The package itself imports
+nothing, so that ``python -m toybigram.report`` sets its process up before torch loads.
+"""

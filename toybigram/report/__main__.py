@@ -1,6 +1,11 @@
 """python -m toybigram.report <run_dir> [--out report.html] [--no-run-reports]"""
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
+
 import argparse
 
 from toybigram.errors import UserError, exit_with

@@ -14,6 +14,7 @@ from toybigram.checkpoint import load_run
 from toybigram.data import Batch, BigramChain
 from toybigram.errors import UserError
 from toybigram.evaluation import run_in_chunks
+from toybigram.hooks import pattern_hooks
 from toybigram.report import plots
 from toybigram.report.figures import ALL_FIGURES, SECTIONS, THEORY_FIGURES, Context, fmt
 from toybigram.report.page import Section, esc, image, note, page, row, status_badge, table
@@ -205,7 +206,7 @@ def prompt_html(task: Task, index: int) -> str:
 def attention_figures(model, task: Task, index: int) -> tuple[bytes, bytes]:
     """Maps of every layer on held-out sequence ``index``, and the previous-token layer's weight on t - 1 by position."""
     batch, n_layers = task.held_out, model.spec.n_layers
-    names = [f"blocks.{i}.attn.hook_pattern" for i in range(n_layers)]
+    names = pattern_hooks(n_layers)
     with torch.no_grad():
         _, cache = run_in_chunks(model, batch.inputs, names)
     inputs, triggers = batch.inputs[index], batch.triggers[index]

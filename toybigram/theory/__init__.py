@@ -1,8 +1,18 @@
-"""The analytic logit calculator and its comparison with the model."""
-from toybigram.theory.calculator import Layer1, Prediction, Strengths, agreement, closed_form_incontext, hijack_threshold, predict
-from toybigram.theory.compare import analyze_run
-from toybigram.theory.ideal import ideal_model, log_bigram
-from toybigram.theory.strengths import read_strengths
+"""The analytic logit calculator and its comparison with the model.
 
-__all__ = ["Layer1", "Prediction", "Strengths", "agreement", "analyze_run", "closed_form_incontext", "hijack_threshold",
-           "ideal_model", "log_bigram", "predict", "read_strengths"]
+The names below load from their modules on first use, so that ``python -m toybigram.theory``
+can set up its process (toybigram.startup) before torch loads.
+"""
+from toybigram.exports import by_name, lazy_exports
+
+_EXPORTS = by_name({
+    "toybigram.theory.calculator": ("Layer1", "Prediction", "Strengths", "agreement", "closed_form_incontext",
+                                    "hijack_threshold", "predict"),
+    "toybigram.theory.compare": ("analyze_run",),
+    "toybigram.theory.ideal": ("ideal_model", "log_bigram"),
+    "toybigram.theory.strengths": ("read_strengths",),
+})
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

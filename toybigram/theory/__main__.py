@@ -17,18 +17,23 @@ the output directory can be written. Each problem ends in one line ``error: ...`
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: set the process up before torch loads (toybigram.startup)
+    from toybigram.startup import start_command
+
+    start_command()
+
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from toybigram.build import resolve_device
 from toybigram.checkpoint import CHECKPOINT_FILE, load_run
 from toybigram.cli import run_app
 from toybigram.errors import ConfigError, UserError, require
 from toybigram.rundir import DIVERGED, check_writable_dir, read_summary, run_status
-from toybigram.theory import config as _config  # noqa: F401  (registers the structured config)
-from toybigram.theory.compare import THEORY_FILE, analyze_run, output_paths
+from toybigram.runtime import resolve_device
+from toybigram.theory.compare import THEORY_FILE, analyze_run, headline, output_paths
+from toybigram.theory.config import register_configs
 from toybigram.theory.prompts import FAMILIES
 from toybigram.theory.strengths import VARIANTS
 
@@ -120,16 +125,8 @@ def task(cfg: DictConfig) -> dict:
     return head
 
 
-def headline(head: dict, run_dir: Path, json_name: str = THEORY_FILE) -> str:
-    """One line of agreement figures, ending with the JSON file they come from."""
-    line = f"theory: top-1 agreement {head['top1_agreement']:.3f}  centred-logit R^2 {head['r2_centered_logits']:.3f}"
-    if "hijack_top1_agreement" in head:
-        line += (f"  | hijack top-1 {head['hijack_top1_agreement']:.3f}  R^2 {head['hijack_r2_centered_logits']:.3f}"
-                 f"  threshold within one {head['hijack_threshold_within_one']:.2f}")
-    return line + f"  ({Path(run_dir) / json_name})"
-
-
 def main() -> None:
+    register_configs()
     run_app(task, "theory", precheck)
 
 

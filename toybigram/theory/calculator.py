@@ -67,7 +67,7 @@ class Strengths:
 
     key:  lambda; scalar, (N,) per query token, or (N,N) [query token, previous token].
     copy: beta; scalar, (N,) per attended token, or (N,N) [output j, attended k].
-    glob: g (N,N), g[i, j] = g(j | i); None = no global term.
+    bigram: the global bigram map g (N,N), g[i, j] = g(j | i); None = no global term.
     scores: further layer-2 score tables {(query family, key family): K}, families in FEATURES.
     copies: further copied families {f: C (n_f, N)}: logits written by layer 2 copying family f.
     directs: further direct families {f: D (n_f, N)}: logits read from the query's own family f.
@@ -77,7 +77,7 @@ class Strengths:
     layer1: Layer1
     key: float | torch.Tensor
     copy: float | torch.Tensor
-    glob: torch.Tensor | None
+    bigram: torch.Tensor | None
     vocab_size: int
     scores: dict = field(default_factory=dict)
     copies: dict = field(default_factory=dict)
@@ -89,7 +89,7 @@ class Strengths:
 
         layer1 = Layer1(**{k: cast(getattr(self.layer1, k)) for k in ("pos", "tok_pos", "pos_tok", "tok_tok", "tok_dist", "pair_dist")},
                         exact=self.layer1.exact)
-        return replace(self, layer1=layer1, key=cast(self.key), copy=cast(self.copy), glob=cast(self.glob),
+        return replace(self, layer1=layer1, key=cast(self.key), copy=cast(self.copy), bigram=cast(self.bigram),
                        scores={k: cast(v) for k, v in self.scores.items()}, copies={k: cast(v) for k, v in self.copies.items()},
                        directs={k: cast(v) for k, v in self.directs.items()})
 
@@ -207,10 +207,10 @@ def predict(strengths: Strengths, tokens: torch.Tensor, a1: torch.Tensor | None 
     for f, C in strengths.copies.items():
         written = written + feats[f] @ _rows(C, feats[f].shape[-1])
     incontext = a2 @ written                                         # sum_s a2(t,s) written(s)
-    glob = strengths.glob[tokens[:, query]] if strengths.glob is not None else torch.zeros_like(incontext)
+    known = strengths.bigram[tokens[:, query]] if strengths.bigram is not None else torch.zeros_like(incontext)
     for f, D in strengths.directs.items():
-        glob = glob + feats[f][:, query] @ _rows(D, feats[f].shape[-1])
-    return Prediction(a1, a2, glob, incontext, glob + incontext)
+        known = known + feats[f][:, query] @ _rows(D, feats[f].shape[-1])
+    return Prediction(a1, a2, known, incontext, known + incontext)
 
 
 # -- the closed form of the ideal case -------------------------------------------------

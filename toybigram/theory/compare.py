@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from toybigram.build import make_chain, make_sampler
+from toybigram.build import as_container, make_chain, make_sampler
 from toybigram.checkpoint import load_run
+from toybigram.data import BigramChain, TriggerSampler
 from toybigram.errors import ConfigError
+from toybigram.hooks import circuit_pattern_hooks
 from toybigram.runio import atomic_write_bytes, provenance, write_json
-from toybigram.theory.calculator import agreement, attention_error, first_crossing, hijack_threshold, predict
+from toybigram.runtime import torch_threads
+from toybigram.theory.calculator import (Prediction, Strengths, agreement, attention_error, first_crossing,
+                                         hijack_threshold, predict)
 from toybigram.theory.prompts import FAMILIES, compete, dilution, hijack, length_prompts
 from toybigram.theory.strengths import read_strengths
 
@@ -26,22 +32,29 @@ THEORY_NAME = "theory"  # the training job's analysis: theory.json and theory/*.
 THEORY_FILE = f"{THEORY_NAME}.json"
 
 
-def _names(model) -> list[str]:
-    L = model.spec.n_layers
-    return [f"blocks.{L - 2}.attn.hook_pattern", f"blocks.{L - 1}.attn.hook_pattern"]
+class BothRuns(NamedTuple):
+    """The model and the calculator on the same prompts: the model's logits and attention (float64, CPU)
+    and the calculator's prediction. Unpacks as ``logits, a1, a2, prediction``."""
+
+    logits: torch.Tensor
+    a1: torch.Tensor
+    a2: torch.Tensor
+    prediction: Prediction
 
 
 @torch.no_grad()
-def run_both(model, strengths, tokens: torch.Tensor, last_only: bool = False):
-    """Model logits and attention, calculator prediction (nope: the calculator takes the measured layer-1 attention)."""
+def run_both(model, strengths: Strengths, tokens: torch.Tensor, last_only: bool = False) -> BothRuns:
+    """Model logits and attention, and the calculator's prediction (without a positional memory in layer 1,
+    nope, the calculator takes the measured layer-1 attention)."""
     device = next(model.parameters()).device
-    logits, cache = model.run_with_cache(tokens.to(device), names_filter=_names(model))
-    a1_model, a2_model = (cache[n].double().cpu() for n in _names(model))
-    a1 = a1_model if model.spec.pos == "nope" else None
+    names = circuit_pattern_hooks(model.spec.n_layers)
+    logits, cache = model.run_with_cache(tokens.to(device), names_filter=names)
+    a1_model, a2_model = (cache[n].double().cpu() for n in names)
+    a1 = None if model.positional.previous_token_memory else a1_model
     pred = predict(strengths, tokens.cpu(), a1=a1, last_only=last_only)
     if last_only:  # the model's last query position, as the calculator's
         logits, a2_model = logits[:, -1:], a2_model[:, -1:]
-    return logits.double().cpu(), a1_model, a2_model, pred
+    return BothRuns(logits.double().cpu(), a1_model, a2_model, pred)
 
 
 def _attention(a1m, a2m, pred, rows=None) -> dict:
@@ -60,7 +73,7 @@ def hijack_pairs(model, strengths, triggers: list[int], n_outputs: int) -> list[
     g(b*|q) - g(o|q) the in-context term must beat range from small to the largest."""
     out = []
     for q in triggers:
-        ranked = [j for j in strengths.glob[q].argsort(descending=True).tolist() if j != q]
+        ranked = [j for j in strengths.bigram[q].argsort(descending=True).tolist() if j != q]
         b, rest = ranked[0], ranked[1:]
         picks = torch.linspace(len(rest) - 1, 0, n_outputs + 1)[:-1].round().long().tolist() if n_outputs > 1 else [len(rest) - 1]
         out.extend((q, rest[i], b) for i in dict.fromkeys(picks))
@@ -92,8 +105,8 @@ def hijack_study(model, strengths, pairs, *, chain, counts, T, n_fill, gen, diag
         margin_t = (th[:, o] - th[:, b]).view(len(counts), n_fill).mean(1)
         f_o = ((prompts == o).sum(1) - counts.repeat_interleave(n_fill)).double().mean()
         f_b = (prompts == b).sum(1).double().mean()
-        gap = strengths.glob[q, b] - strengths.glob[q, o]
-        closed = hijack_threshold(T, diag.key[q], diag.copy[o], diag.copy[b], diag.glob[q, b] - diag.glob[q, o], f_o, f_b)
+        gap = strengths.bigram[q, b] - strengths.bigram[q, o]
+        closed = hijack_threshold(T, diag.key[q], diag.copy[o], diag.copy[b], diag.bigram[q, b] - diag.bigram[q, o], f_o, f_b)
         symbol = (lambda k: chain.alphabet[k]) if chain.alphabet else (lambda k: None)
         top_m = m.argmax(-1).view(len(counts), n_fill)
         table.append({"q": q, "o": o, "b_star": b, "q_symbol": symbol(q), "o_symbol": symbol(o), "b_star_symbol": symbol(b),
@@ -118,107 +131,152 @@ def hijack_study(model, strengths, pairs, *, chain, counts, T, n_fill, gen, diag
             "pairs": table, "parts": parts}
 
 
+@dataclass
+class Study:
+    """What the prompt families of one analysis share: the model, its strengths and the prompt sources."""
+
+    model: torch.nn.Module
+    cfg: object
+    chain: BigramChain
+    strengths: Strengths  # the variant's, covering the longest prompt
+    diag: Strengths  # the diagonal read at the training length (closed-form thresholds)
+    gen: torch.Generator  # designed prompts
+    sampler: TriggerSampler  # prompts from the training distribution
+    triggers: list[int]
+    T: int
+    quick: bool
+    longest: int  # the longest prompt the model takes (or 8 T)
+
+    @property
+    def n_fill(self) -> int:
+        return 4 if self.quick else 16
+
+    @property
+    def n_outputs(self) -> int:
+        return 3 if self.quick else 8
+
+
+def length_family(study: Study, lengths: list[int], pooled: list) -> dict:
+    """Prompts from the training distribution at each length: agreement at all positions and in-context ones."""
+    per_T, parts = {}, []
+    for L in lengths:
+        batch = length_prompts(study.sampler, L, 8 if study.quick else 32)
+        m, a1m, a2m, p = run_both(study.model, study.strengths, batch.inputs)
+        ic = batch.labels >= 2
+        per_T[str(L)] = {**agreement(m, p.logits), **_attention(a1m, a2m, p),
+                         "incontext": {**agreement(m[ic], p.logits[ic]), **_attention(a1m, a2m, p, ic)} if ic.any() else None}
+        parts.append((m.flatten(0, 1), p.logits.flatten(0, 1)))
+    pooled.extend(parts)
+    return {"by_T": per_T, **_pool(parts)}
+
+
+def hijack_family(study: Study, pairs, variant: str, pooled: list) -> dict:
+    """hijack(q, o, c, T) for the trigger pairs, and (fixed triggers) for as many non-trigger queries."""
+    model, strengths = study.model, study.strengths
+    counts = torch.arange(0, (6 if study.quick else 12) + 1)
+    prompts = dict(chain=study.chain, counts=counts, T=study.T, n_fill=study.n_fill, gen=study.gen, diag=study.diag)
+    result = {**hijack_study(model, strengths, pairs, **prompts),
+              "b_star_source": f"argmax_j of g(j|q) read from the weights ({variant} variant)"}
+    pooled.extend(result.pop("parts"))
+    if study.cfg.data.triggers == "fixed":  # queries without a trained induction key: the global term should win
+        by_frequency = torch.tensor(study.chain.unigram).argsort(descending=True).tolist()
+        others = [q for q in by_frequency if q not in study.triggers][:len(study.triggers)]
+        non_trigger = hijack_study(model, strengths, hijack_pairs(model, strengths, others, study.n_outputs), **prompts)
+        non_trigger.pop("parts")
+        result["non_trigger"] = non_trigger
+    return result
+
+
+def compete_family(study: Study, pairs, pooled: list) -> dict:
+    """compete(q, o1, c1, o2, c2, T) over a grid of counts: does the calculator pick the model's winner?"""
+    parts, wins = [], []
+    grid = [(1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]
+    for q, o1, _ in pairs[:: max(1, len(pairs) // 5)]:
+        o2 = next(o for qq, o, _ in pairs if qq == q and o != o1)
+        prompts = torch.cat([compete(study.chain, q, o1, c1, o2, c2, study.T, study.n_fill, study.gen) for c1, c2 in grid])
+        m, _, _, p = run_both(study.model, study.strengths, prompts, last_only=True)
+        m, th = m[:, -1], p.logits[:, -1]
+        parts.append((m, th))
+        wins.append(((m[:, o1] > m[:, o2]) == (th[:, o1] > th[:, o2])).double().mean().item())
+    pooled.extend(parts)
+    return {**_pool(parts), "grid_c1_c2": grid, "o1_vs_o2_agreement": sum(wins) / len(wins)}
+
+
+def dilution_family(study: Study, pairs, pooled: list) -> dict:
+    """A count of two "q o" pairs while filler makes the prompt longer."""
+    T = study.T
+    lengths = [L for L in ([T // 4, T // 2, T] if study.quick else [T // 4, T // 2, T, 2 * T, 4 * T]) if 8 <= L <= study.longest]
+    by_T, parts = {}, []
+    for q, o, b in pairs[:: max(1, len(pairs) // 5)]:
+        for L, prompts in dilution(study.chain, q, o, 2, lengths, study.n_fill, study.gen).items():
+            m, _, _, p = run_both(study.model, study.strengths, prompts, last_only=True)
+            parts.append((m[:, -1], p.logits[:, -1]))
+            by_T.setdefault(str(L), []).append(parts[-1])
+    pooled.extend(parts)
+    return {**_pool(parts), "count": 2, "by_T": {L: _pool(v) for L, v in by_T.items()}}
+
+
+def headline_figures(overall: dict, results: dict) -> dict:
+    """The agreement figures summary.json quotes: overall, and the hijack family's when it ran."""
+    headline = {"top1_agreement": overall["top1_agreement"], "r2_centered_logits": overall["r2_centered_logits"]}
+    if "hijack" in results:
+        hijacked = results["hijack"]
+        headline.update({"hijack_top1_agreement": hijacked["top1_agreement"],
+                         "hijack_r2_centered_logits": hijacked["r2_centered_logits"],
+                         "hijack_threshold_within_one": hijacked["threshold_within_one"]})
+        if "non_trigger" in hijacked:
+            headline.update({"hijack_non_trigger_top1_agreement": hijacked["non_trigger"]["top1_agreement"],
+                             "hijack_non_trigger_model_top1_is_b_star": hijacked["non_trigger"]["model_top1_is_b_star"]})
+    return headline
+
+
+def _check_families(families) -> None:
+    for family in families:
+        if family not in FAMILIES:
+            raise ConfigError(f"theory.families: unknown family {family!r} (choose {', '.join(FAMILIES)})")
+
+
 def analyze(model, cfg, *, quick: bool = True, variant: str = "full", seed: int = 0,
             families=FAMILIES) -> tuple[dict, dict, list]:
     """Run the prompt families through model and calculator: ``(record, per-family results, pooled logits)``."""
     start = time.perf_counter()
-    for family in families:
-        if family not in FAMILIES:
-            raise ConfigError(f"theory.families: unknown family {family!r} (choose {', '.join(FAMILIES)})")
+    _check_families(families)
     model.eval()
     chain = make_chain(cfg.data)
     T = int(cfg.data.seq_len)
-    spec = model.spec
-    longest = spec.max_len if (spec.pos == "ape" and spec.ape_extension == "error") else 8 * T
+    longest = model.positional.max_length(model.spec) or 8 * T
     lengths = [L for L in ([T // 2, T] if quick else [T // 2, T, 2 * T, 4 * T, 8 * T]) if 2 <= L <= longest]
-    strengths = read_strengths(model, max(lengths + [T]), variant)
-    diag = read_strengths(model, T, "diagonal")
-    gen = torch.Generator().manual_seed(seed)
-    sampler = make_sampler(cfg.data, chain, torch.device("cpu"), seed)
-    triggers = trigger_queries(cfg, chain)
-    n_fill = 4 if quick else 16
+    study = Study(model=model, cfg=cfg, chain=chain, strengths=read_strengths(model, max(lengths + [T]), variant),
+                  diag=read_strengths(model, T, "diagonal"), gen=torch.Generator().manual_seed(seed),
+                  sampler=make_sampler(cfg.data, chain, torch.device("cpu"), seed), triggers=trigger_queries(cfg, chain),
+                  T=T, quick=quick, longest=longest)
     results, pooled = {}, []
-
     if "length" in families:
-        per_T = {}
-        for L in lengths:
-            batch = length_prompts(sampler, L, 8 if quick else 32)
-            m, a1m, a2m, p = run_both(model, strengths, batch.inputs)
-            ic = batch.labels >= 2
-            per_T[str(L)] = {**agreement(m, p.logits), **_attention(a1m, a2m, p),
-                             "incontext": {**agreement(m[ic], p.logits[ic]), **_attention(a1m, a2m, p, ic)} if ic.any() else None}
-            pooled.append((m.flatten(0, 1), p.logits.flatten(0, 1)))
-        results["length"] = {"by_T": per_T, **_pool(pooled[-len(lengths):])}
-
-    if "hijack" in families or "dilution" in families or "compete" in families:
-        pairs = hijack_pairs(model, strengths, triggers, 3 if quick else 8)
-
+        results["length"] = length_family(study, lengths, pooled)
+    if {"hijack", "compete", "dilution"} & set(families):
+        pairs = hijack_pairs(model, study.strengths, study.triggers, study.n_outputs)
     if "hijack" in families:
-        counts = torch.arange(0, (6 if quick else 12) + 1)
-        study = dict(chain=chain, counts=counts, T=T, n_fill=n_fill, gen=gen, diag=diag)
-        results["hijack"] = {**hijack_study(model, strengths, pairs, **study),
-                             "b_star_source": f"argmax_j of g(j|q) read from the weights ({variant} variant)"}
-        pooled.extend(results["hijack"].pop("parts"))
-        if cfg.data.triggers == "fixed":  # queries without a trained induction key: the global term should win
-            others = [q for q in torch.tensor(chain.unigram).argsort(descending=True).tolist() if q not in triggers][:len(triggers)]
-            nontrig = hijack_study(model, strengths, hijack_pairs(model, strengths, others, 3 if quick else 8), **study)
-            nontrig.pop("parts")
-            results["hijack"]["non_trigger"] = nontrig
-
+        results["hijack"] = hijack_family(study, pairs, variant, pooled)
     if "compete" in families:
-        parts, wins = [], []
-        grid = [(1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]
-        for q, o1, _ in pairs[:: max(1, len(pairs) // 5)]:
-            o2 = next(o for qq, o, _ in pairs if qq == q and o != o1)
-            prompts = torch.cat([compete(chain, q, o1, c1, o2, c2, T, n_fill, gen) for c1, c2 in grid])
-            m, _, _, p = run_both(model, strengths, prompts, last_only=True)
-            m, th = m[:, -1], p.logits[:, -1]
-            parts.append((m, th))
-            wins.append(((m[:, o1] > m[:, o2]) == (th[:, o1] > th[:, o2])).double().mean().item())
-        results["compete"] = {**_pool(parts), "grid_c1_c2": grid, "o1_vs_o2_agreement": sum(wins) / len(wins)}
-        pooled.extend(parts)
-
+        results["compete"] = compete_family(study, pairs, pooled)
     if "dilution" in families:
-        dl = [L for L in ([T // 4, T // 2, T] if quick else [T // 4, T // 2, T, 2 * T, 4 * T]) if 8 <= L <= longest]
-        by_T, parts = {}, []
-        for q, o, b in pairs[:: max(1, len(pairs) // 5)]:
-            for L, prompts in dilution(chain, q, o, 2, dl, n_fill, gen).items():
-                m, _, _, p = run_both(model, strengths, prompts, last_only=True)
-                parts.append((m[:, -1], p.logits[:, -1]))
-                by_T.setdefault(str(L), []).append(parts[-1])
-        results["dilution"] = {**_pool(parts), "count": 2, "by_T": {L: _pool(v) for L, v in by_T.items()}}
-        pooled.extend(parts)
-
+        results["dilution"] = dilution_family(study, pairs, pooled)
     overall = _pool(pooled)
-    headline = {"top1_agreement": overall["top1_agreement"], "r2_centered_logits": overall["r2_centered_logits"]}
-    if "hijack" in results:
-        headline.update({"hijack_top1_agreement": results["hijack"]["top1_agreement"],
-                         "hijack_r2_centered_logits": results["hijack"]["r2_centered_logits"],
-                         "hijack_threshold_within_one": results["hijack"]["threshold_within_one"]})
-        if "non_trigger" in results["hijack"]:
-            nt = results["hijack"]["non_trigger"]
-            headline.update({"hijack_non_trigger_top1_agreement": nt["top1_agreement"],
-                             "hijack_non_trigger_model_top1_is_b_star": nt["model_top1_is_b_star"]})
+    diag = study.diag
     out = {
-        **headline,
+        **headline_figures(overall, results),
         "overall": overall,
         "families": results,
         "top1_agreement_by_family": {k: v["top1_agreement"] for k, v in results.items()},
         "r2_centered_logits_by_family": {k: v["r2_centered_logits"] for k, v in results.items()},
         "strengths": {"variant": variant, "alpha_t": diag.layer1.pos.diagonal(-1) if diag.layer1.pos is not None else None,
-                      "lambda_triggers": diag.key[triggers], "beta": diag.copy, "triggers": triggers},
+                      "lambda_triggers": diag.key[study.triggers], "beta": diag.copy, "triggers": study.triggers},
         "settings": {"quick": quick, "variant": variant, "seed": seed, "families": list(families), "lengths": lengths},
-        "config": cfg if isinstance(cfg, dict) else _container(cfg),
+        "config": cfg if isinstance(cfg, dict) else as_container(cfg),
         "wall_seconds": time.perf_counter() - start,
         **provenance(next(model.parameters()).device, "float64 (calculator); model " + str(next(model.parameters()).dtype)),
     }
     return out, results, pooled
-
-
-def _container(cfg):
-    from toybigram.build import as_container
-
-    return as_container(cfg)
 
 
 PLOT_FILES = ("logits_scatter.png", "hijack_margins.png")
@@ -276,6 +334,15 @@ def write_analysis(out_dir: Path, name: str, record: dict, results: dict, pooled
     return json_path
 
 
+def headline(head: dict, run_dir: Path, json_name: str = THEORY_FILE) -> str:
+    """One line of agreement figures, ending with the JSON file they come from."""
+    line = f"theory: top-1 agreement {head['top1_agreement']:.3f}  centred-logit R^2 {head['r2_centered_logits']:.3f}"
+    if "hijack_top1_agreement" in head:
+        line += (f"  | hijack top-1 {head['hijack_top1_agreement']:.3f}  R^2 {head['hijack_r2_centered_logits']:.3f}"
+                 f"  threshold within one {head['hijack_threshold_within_one']:.2f}")
+    return line + f"  ({Path(run_dir) / json_name})"
+
+
 HEADLINE_KEYS = ("top1_agreement", "r2_centered_logits", "hijack_top1_agreement", "hijack_r2_centered_logits",
                  "hijack_threshold_within_one", "wall_seconds")
 
@@ -287,17 +354,13 @@ def analyze_run(run_dir, model=None, cfg=None, *, quick: bool = True, variant: s
     The defaults are the training job's own analysis: theory.json and theory/ in the run
     directory, the files whose headline summary.json quotes. ``model``/``cfg`` default to
     the run's checkpoint (toybigram.checkpoint.load_run). ``threads``: torch threads while
-    it runs (one is ~4x faster than two on a shared 2-core machine: the tables are small).
+    it runs (few suit its small tables).
     """
     run_dir = Path(run_dir)
     if model is None or cfg is None:
         model, cfg = load_run(run_dir)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         record, results, pooled = analyze(model, cfg, quick=quick, variant=variant, seed=seed, families=families)
-    finally:
-        torch.set_num_threads(previous)
     record["settings"] = {**record["settings"], "run_dir": str(run_dir), "output": name}
     write_analysis(Path(out_dir) if out_dir is not None else run_dir, name, record, results, pooled if plots else None)
     return {k: record[k] for k in HEADLINE_KEYS if k in record}

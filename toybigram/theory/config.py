@@ -24,7 +24,5 @@ class TheoryConfig:
 
 
 def register_configs() -> None:
+    """Store the schema in Hydra's ConfigStore (idempotent); the command calls it before composing."""
     ConfigStore.instance().store(name="theory_schema", node=TheoryConfig)
-
-
-register_configs()

@@ -30,10 +30,9 @@ import torch
 
 from toybigram.errors import ConfigError
 from toybigram.model import AssociativeTransformer
-from toybigram.theory.calculator import Prediction, causal_softmax
+from toybigram.theory.calculator import FEATURES, Prediction, agreement, causal_softmax
 
 READS = ("E", "PhiE", "V", "U")          # query/token read, key read, value read, unembedding read
-FEATURES = ("E", "P", "PhiE", "PhiP")    # residual feature families
 MATCHED = {("E", "E"), ("PhiE", "PhiE"), ("V", "E"), ("U", "U")}
 BLOCKS = tuple((r, f) for r in READS for f in FEATURES) + (("E", "U"), ("U", "U"), ("P", "E"), ("P", "P"))
 
@@ -72,10 +71,12 @@ class GramBuild:
 def gram_build(model: AssociativeTransformer, alpha, lam, beta, g=None) -> GramBuild:
     """Gram matrices of the frozen directions of ``model`` (an ape two-layer model) and the strengths."""
     spec = model.spec
-    if spec.pos != "ape" or spec.n_layers != 2 or spec.scale_scores:
-        raise ConfigError("theory: the Gram-matrix correction covers two-layer ape models without score scaling")
+    positions = model.positions(spec.max_len)
+    if positions is None or spec.n_layers != 2 or spec.scale_scores:
+        raise ConfigError("theory: the Gram-matrix correction covers two-layer models with absolute positions (ape) "
+                          "without score scaling")
     N, L = spec.vocab_size, spec.max_len
-    E, U, P = model.W_E.double(), model.W_U.double().T, model.W_pos.double()  # rows
+    E, U, P = model.W_E.double(), model.W_U.double().T, positions.double()  # rows
     phi = model.ov(0).double()
     W_V2 = model.blocks[1].attn.W_V.double()
     rows = {"E": E, "P": P, "PhiE": E @ phi.T, "PhiP": P @ phi.T, "V": (E @ W_V2.T) @ W_V2, "U": U}
@@ -119,8 +120,8 @@ def predict_gram(build: GramBuild, tokens: torch.Tensor, keep=BLOCKS) -> Predict
         token_read = token_read.clamp_min(0)
     uu = G("U", "U")
     direct = read("U") + copied @ uu.T                                # U^T y
-    glob = (token_read @ build.g) @ uu.T if build.ffn != "none" else torch.zeros_like(direct)
-    return Prediction(a1, a2, glob, direct, glob + direct)
+    known = (token_read @ build.g) @ uu.T if build.ffn != "none" else torch.zeros_like(direct)
+    return Prediction(a1, a2, known, direct, known + direct)
 
 
 def block_name(block) -> str:
@@ -132,8 +133,6 @@ def forward_selection(build: GramBuild, tokens: torch.Tensor, logits: torch.Tens
     """Greedy forward selection of Gram blocks: each step adds the block raising the centred-logit
     R^2 (against ``logits``) most; stops at ``target``, after ``max_blocks``, or when nothing helps.
     Returns the steps [{"block", "r2"}], step 0 being the idealised calculator (no block)."""
-    from toybigram.theory.calculator import agreement
-
     def r2(keep) -> float:
         return agreement(logits, predict_gram(build, tokens, keep).logits)["r2_centered_logits"]
 

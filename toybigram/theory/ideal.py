@@ -7,8 +7,9 @@
     W_O^2 = sum_k beta_k w_U(k) (W_V^2 w_E(k))^T
     W_F   = sum_{i,j} g(j|i) w_U(j) w_E(i)^T      (relu: hidden unit i reads w_E(i), writes g(.|i))
 
-nope has no positional memory to build (its previous-token head must be computed from
-the causal mask by an extra layer); it is refused.
+W_K^1 is built by the positional encoding (``PositionalEncoding.ideal_key``). nope has no
+positional memory to build (its previous-token head must be computed from the causal mask by
+an extra layer); it is refused.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from toybigram.errors import ConfigError
-from toybigram.model import AssociativeTransformer, ModelSpec, rotate
+from toybigram.model import AssociativeTransformer, ModelSpec
 
 
 def log_bigram(transition: np.ndarray | torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
@@ -44,31 +45,19 @@ def ideal_model(spec: ModelSpec, *, alpha=12.0, lam=10.0, beta=8.0, g: torch.Ten
     g: (N,N) global map g[i,j] = g(j|i), or None for no feed-forward memory (W_F = 0).
     With spec.scale_scores the key memories are multiplied by sqrt(d) so the strengths hold.
     """
-    if spec.pos == "nope":
-        raise ConfigError("theory: no ideal construction for pos=nope (its previous-token head is not a positional memory)")
+    positional = spec.positional
+    if not positional.previous_token_memory:
+        raise ConfigError(f"theory: no ideal construction for pos={spec.pos} "
+                          "(its previous-token head is not a positional memory)")
     if spec.n_layers != 2:
         raise ConfigError(f"theory: the ideal construction is for two layers, got model.n_layers={spec.n_layers}")
     model = AssociativeTransformer(spec, seed=seed)
     dtype = model.W_E.dtype
-    N, d, L = spec.vocab_size, spec.d_model, spec.max_len
+    N, d = spec.vocab_size, spec.d_model
     scale = math.sqrt(d) if spec.scale_scores else 1.0
     E, U = model.W_E.double(), model.W_U.double()      # (N,d) rows w_E, (d,N) columns w_U
     first, second = model.blocks[0].attn, model.blocks[1].attn
-
-    if spec.pos == "ape":
-        a = torch.as_tensor(alpha, dtype=torch.float64)
-        a = a.expand(L) if a.ndim == 0 else a
-        if a.shape != (L,):
-            raise ConfigError(f"theory: alpha_t needs shape ({L},) (model.max_len), got {tuple(a.shape)}")
-        P = model.W_pos.double()
-        W_K1 = P[1:].T @ (a[1:, None] * P[:-1])         # sum_t alpha_t p_t p_{t-1}^T
-    elif spec.pos == "rpe":
-        W_K1 = float(alpha) * torch.outer(E.sum(0), model.W_rel.double()[1])
-    else:  # rope
-        u = E.sum(0)
-        Ru = rotate(u[None], torch.tensor([1]), spec.rope_base)[0]
-        W_K1 = float(alpha) * torch.outer(Ru, u)
-    first.W_K.copy_((scale * W_K1).to(dtype))
+    first.W_K.copy_((scale * positional.ideal_key(model, alpha)).to(dtype))
 
     phi_E = E @ model.ov(0).double().T                 # rows Phi_1 w_E(k)
     second.W_K.copy_((scale * E.T @ (per_token(lam, N)[:, None] * phi_E)).to(dtype))

@@ -36,9 +36,15 @@ from pathlib import Path
 
 import torch
 
+from toybigram.build import make_chain
+from toybigram.checkpoint import load_run
 from toybigram.errors import UserError, exit_with
+from toybigram.hooks import pattern_hooks
+from toybigram.runio import provenance, write_json
+from toybigram.runtime import torch_threads
 from toybigram.theory.calculator import FEATURES, centred, features
-from toybigram.theory.strengths import feature_rows
+from toybigram.theory.compare import hijack_pairs, hijack_prompts, trigger_queries
+from toybigram.theory.strengths import feature_rows, read_strengths
 
 PATHS_FILE = "paths.json"
 SOURCES = ("copy", "query")  # layer 2 copies the attended position's family | the query position's own
@@ -75,7 +81,7 @@ def path_logits(model, tokens: torch.Tensor) -> tuple[dict[tuple[str, str, str],
     """
     check_decomposable(model)
     device = next(model.parameters()).device
-    names = ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    names = pattern_hooks(2)
     logits, cache = model.run_with_cache(tokens.to(device), names_filter=names)
     a1, a2 = (cache[n].double().cpu() for n in names)
     tokens = tokens.cpu()
@@ -117,10 +123,6 @@ def hijack_paths(model, cfg, *, seed: int = 0, n_outputs: int = 3, max_count: in
     (n_outputs outputs per trigger query), hijack(q, o, c, T) for c = 0..max_count, ``fillers``
     prompts each, at the training length T. The defaults are the hijack family of
     ``python -m toybigram.theory quick=true`` with the same seed: the same prompts."""
-    from toybigram.build import make_chain
-    from toybigram.theory.compare import hijack_pairs, hijack_prompts, trigger_queries
-    from toybigram.theory.strengths import read_strengths
-
     check_decomposable(model)
     chain = make_chain(cfg.data)
     T = int(cfg.data.seq_len)
@@ -151,18 +153,11 @@ def format_table(result: dict) -> str:
 
 def run(run_dir, *, seed: int = 0, n_outputs: int = 3, max_count: int = 6, fillers: int = 4) -> dict:
     """Load a run, decompose, write <run_dir>/paths.json (atomically) and return what it holds."""
-    from toybigram.checkpoint import load_run
-    from toybigram.runio import provenance, write_json
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: one thread is fastest on the shared machine (as analyze_run)
-    try:
+    with torch_threads(1):  # small matrices: one thread suits them, as in analyze_run
         model, cfg = load_run(run_dir)
         result = hijack_paths(model, cfg, seed=seed, n_outputs=n_outputs, max_count=max_count, fillers=fillers)
-    finally:
-        torch.set_num_threads(threads)
     out = {**result, "share_definition": "sum |c_p|^2 / sum |y|^2 over rows and tokens, logits centred per row; "
                                          "projection: sum <c_p, y> / sum |y|^2 (sums to 1 over paths)",
            "settings": {"seed": seed, "n_outputs": n_outputs, "max_count": max_count, "fillers": fillers},

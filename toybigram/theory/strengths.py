@@ -22,13 +22,16 @@ The induction-key, copy and bigram matrices are the probes' (toybigram.probes).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from toybigram.model import AssociativeTransformer, rotate
-from toybigram.probes import bigram_memory, copy_memory, induction_key_memory, previous_token_scores
+from toybigram.errors import ConfigError
+from toybigram.model import AssociativeTransformer
+from toybigram.probes import (bigram_memory, circuit_layers, copy_memory, induction_key_memory, previous_token_scores,
+                              read_alpha, score_scale)
 from toybigram.theory.calculator import FEATURES, Layer1, Strengths
+
+__all__ = ["FULL_SCORE_PATHS", "VARIANTS", "feature_rows", "logit_readout", "read_alpha", "read_layer1", "read_strengths",
+           "relative_diagonal"]
 
 VARIANTS = ("diagonal", "full", "exact")
 FULL_SCORE_PATHS = (("E", "E"), ("P", "P"))  # beyond the induction key (E, PhiE): chosen by measurement
@@ -42,61 +45,25 @@ def relative_diagonal(memory: torch.Tensor, dim: int) -> torch.Tensor:
     return diag - others
 
 
-def _score_scale(model: AssociativeTransformer) -> float:
-    return 1 / math.sqrt(model.d_model) if model.spec.scale_scores else 1.0
-
-
-@torch.no_grad()
-def read_alpha(model: AssociativeTransformer, T: int | None = None) -> torch.Tensor | None:
-    """alpha_t (T,) for ape (relative to the other causal scores of row t; alpha_0 = 0),
-    or the relative profile r(delta) = S(delta=1) - mean_{delta != 1} for rpe/rope, as (T,) alpha_t;
-    None for nope."""
-    S = previous_token_scores(model, T)
-    if S is None:
-        return None
-    S = S.double() * _score_scale(model)
-    T = S.shape[0]
-    alpha = torch.zeros(T, dtype=torch.float64, device=S.device)
-    for t in range(1, T):
-        others = torch.cat([S[t, : t - 1], S[t, t : t + 1]])
-        alpha[t] = S[t, t - 1] - others.mean()
-    return alpha
-
-
 @torch.no_grad()
 def read_layer1(model: AssociativeTransformer, T: int, variant: str) -> Layer1 | None:
-    """Layer-1 tables of the previous-token layer for prompts of length <= T; None for nope."""
-    spec = model.spec
-    if spec.pos == "nope":
+    """Layer-1 tables of the previous-token layer for prompts of length <= T; None without a positional memory (nope)."""
+    positional = model.positional
+    if not positional.previous_token_memory:
         return None
-    s = _score_scale(model)
+    s = score_scale(model)
     if variant == "diagonal":
-        alpha = read_alpha(model, T)
-        if spec.pos == "ape":
-            return Layer1(pos=torch.diag(alpha[1:], diagonal=-1))
-        return Layer1(pos=previous_token_scores(model, T).double() * s)  # a profile in t - s, (T,T)
-    W_K = model.blocks[spec.n_layers - 2].attn.W_K.double()
-    E = model.W_E.double()
-    if spec.pos == "ape":
-        P = model.positions(T).double()
-        return Layer1(pos=s * P @ W_K @ P.T, tok_pos=s * E @ W_K @ P.T, pos_tok=s * P @ W_K @ E.T, tok_tok=s * E @ W_K @ E.T)
-    if spec.pos == "rpe":
-        return Layer1(tok_dist=s * E @ W_K @ model.W_rel.double().T)
-    # rope: S(t,s) = e_{z_t}^T R_{s-t} W_K e_{z_s}; R_{-delta} for delta = t - s = 0..T-1
-    keys = E @ W_K.T                                                      # rows W_K e_k
-    deltas = torch.arange(T, device=E.device)
-    rotated = torch.stack([rotate(keys, torch.full((len(keys),), -int(dl)), spec.rope_base) for dl in deltas], -1)  # (N,d,D)
-    return Layer1(pair_dist=s * torch.einsum("id,jdD->ijD", E, rotated))
+        return Layer1(**positional.diagonal_layer1(previous_token_scores(model, T).double(), s))
+    W_K = model.blocks[circuit_layers(model)[0]].attn.W_K.double()
+    return Layer1(**positional.layer1_tables(model, W_K, model.W_E.double(), s, T))
 
 
 @torch.no_grad()
 def read_strengths(model: AssociativeTransformer, T: int, variant: str = "full") -> Strengths:
     """The model's strengths as the calculator takes them (float64, on the model's device)."""
     if variant not in VARIANTS:
-        from toybigram.errors import ConfigError
-
         raise ConfigError(f"theory.variant: unknown value {variant!r} (choose {', '.join(VARIANTS)})")
-    s = _score_scale(model)
+    s = score_scale(model)
     Lam = induction_key_memory(model).double() * s
     layer1 = read_layer1(model, T, variant)
     layer1 = layer1 if layer1 is not None else Layer1(exact=True)
@@ -110,15 +77,15 @@ def read_strengths(model: AssociativeTransformer, T: int, variant: str = "full")
         copied = model.ov(model.spec.n_layers - 1).double().T @ readout      # (d,N): logits of a copied vector
         copies, directs = {f: r @ copied for f, r in rows.items()}, {f: r @ readout for f, r in rows.items()}
         copy = copies["E"].T
-    glob = directs.pop("E")
+    bigram = directs.pop("E")
     copies.pop("E", None)
     if variant == "diagonal":
-        return Strengths(layer1=layer1, key=relative_diagonal(Lam, 1), copy=relative_diagonal(copy, 0), glob=glob,
+        return Strengths(layer1=layer1, key=relative_diagonal(Lam, 1), copy=relative_diagonal(copy, 0), bigram=bigram,
                          vocab_size=model.vocab_size)
     W_K2 = model.blocks[-1].attn.W_K.double()
     pairs = [(a, b) for a in rows for b in rows] if variant == "exact" else [p for p in FULL_SCORE_PATHS if set(p) <= set(rows)]
     scores = {(a, b): s * rows[a] @ W_K2 @ rows[b].T for a, b in pairs if (a, b) != ("E", "PhiE")}
-    return Strengths(layer1=layer1, key=Lam, copy=copy, glob=glob, vocab_size=model.vocab_size,
+    return Strengths(layer1=layer1, key=Lam, copy=copy, bigram=bigram, vocab_size=model.vocab_size,
                      scores=scores, copies=copies, directs=directs)
 
 
@@ -129,8 +96,9 @@ def feature_rows(model: AssociativeTransformer, T: int) -> dict[str, torch.Tenso
     phi = model.ov(model.spec.n_layers - 2).double()
     E = model.W_E.double()
     rows = {"E": E, "PhiE": E @ phi.T}
-    if model.spec.pos == "ape":
-        P = model.positions(T).double()
+    P = model.positions(T)
+    if P is not None:  # absolute positions
+        P = P.double()
         rows.update({"P": P, "PhiP": P @ phi.T})
     return {f: rows[f] for f in FEATURES if f in rows}
 

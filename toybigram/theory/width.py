@@ -19,6 +19,7 @@ import torch
 
 from toybigram.data import TriggerSampler, dirichlet_chain, shakespeare_chain
 from toybigram.errors import UserError, exit_with
+from toybigram.hooks import pattern_hook
 from toybigram.model import ModelSpec
 from toybigram.runio import provenance, write_json
 from toybigram.theory.calculator import agreement, attention_error
@@ -29,20 +30,25 @@ SELECTION_CASE = (512, 65)  # (d, N) on which the reduced block set is chosen
 TARGET_R2 = 0.95
 
 
-def ideal_case(d: int, N: int, seed: int, *, T: int = 128, prompts: int = 4, alpha=12.0, lam=10.0, beta=8.0):
-    """An ideal build, its Gram build, prompts, and the model's logits and layer-2 attention."""
+def ideal_build(d: int, N: int, seed: int, *, T: int = 128, prompts: int = 4, alpha=12.0, lam=10.0, beta=8.0):
+    """An ideal-memory model of width d (float64), its g, prompts from its trigger sampler, its logits and layer-2 attention."""
     chain = shakespeare_chain() if N == 65 else dirichlet_chain(N, 0.5, seed)
     g = log_bigram(chain.transition)
     model = ideal_model(ModelSpec(vocab_size=N, d_model=d, max_len=T, dtype="float64"), alpha=alpha, lam=lam, beta=beta, g=g, seed=seed)
-    build = gram_build(model, alpha, lam, beta, g)
     tokens = TriggerSampler(chain, n_triggers=5, seed=seed + 1).sample(prompts, T).inputs
-    names = ["blocks.1.attn.hook_pattern"]
+    names = [pattern_hook(1)]
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=names)
-    return build, tokens, logits, cache[names[0]]
+    return model, g, tokens, logits, cache[names[0]]
 
 
-def evaluate(case, calculators: dict) -> dict:
+def ideal_case(d: int, N: int, seed: int, *, T: int = 128, prompts: int = 4, alpha=12.0, lam=10.0, beta=8.0):
+    """An ideal build, its Gram build, prompts, and the model's logits and layer-2 attention."""
+    model, g, tokens, logits, a2 = ideal_build(d, N, seed, T=T, prompts=prompts, alpha=alpha, lam=lam, beta=beta)
+    return gram_build(model, alpha, lam, beta, g), tokens, logits, a2
+
+
+def score_calculators(case, calculators: dict) -> dict:
     """R^2, top-1 agreement and layer-2 attention error of each named block set on one case."""
     build, tokens, logits, a2 = case
     row = {}
@@ -73,7 +79,7 @@ def main(argv=None) -> None:
         print(f"reduced correction: forward selection on d={SELECTION_CASE[0]}, N={SELECTION_CASE[1]} (seed {args.seed}); "
               f"R^2 on it and on a fresh build/prompts (seed {args.seed + 1})")
         for i, s in enumerate(steps):
-            r2_fresh = evaluate(fresh, {"x": reduced[:i]})["r2_x"]
+            r2_fresh = score_calculators(fresh, {"x": reduced[:i]})["r2_x"]
             s.update({"block": None if s["block"] is None else block_name(s["block"]), "r2_fresh": r2_fresh,
                       "meaning": BLOCK_MEANING.get(s["block"] and block_name(s["block"]), "idealised (no block)")})
             print(f"  + {s['block'] or '-':>9}  R^2 {s['r2']:.3f} (fresh {r2_fresh:.3f})  {s['meaning']}")
@@ -85,7 +91,7 @@ def main(argv=None) -> None:
             for d in args.d:
                 t0 = time.perf_counter()
                 row = {"d": d, "N": N, "T": 128, "prompts": args.prompts, "seed": args.seed + 1,
-                       **evaluate(ideal_case(d, N, args.seed + 1, prompts=args.prompts), calculators)}
+                       **score_calculators(ideal_case(d, N, args.seed + 1, prompts=args.prompts), calculators)}
                 row["seconds"] = time.perf_counter() - t0
                 rows.append(row)
                 print(f"{d:>5} {N:>3} | {row['r2_idealised']:8.3f} {row['r2_reduced']:8.3f} {row['r2_full']:8.3f} | "

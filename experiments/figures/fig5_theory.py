@@ -1,0 +1,196 @@
+"""Figure 5: theory against measurement. Predicted (calculator, strengths read from the weights)
+against measured centred logits per prompt family of Figure 1's runs, with R^2; and the
+calculator's agreement with ideal-memory builds as the width d grows. Tables fig5_r2, fig5_scatter
+and fig5_width.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from experiments.figure import PROMPT_SEED, Build, Figure, Input
+from experiments.plotting import band, plt, seeds_note
+from experiments.runs import MISSING, Collected, Problem, Run, lowest_seed
+from experiments.sweeps import Setup
+from experiments.tables import read_table, summarise
+from toybigram.checkpoint import load_run
+from toybigram.errors import UserError
+from toybigram.factory import make_chain, make_sampler
+from toybigram.runio import write_json
+from toybigram.theory.calculator import Layer1, Strengths, agreement, attention_error, centred, predict, prev_table
+from toybigram.theory.compare import hijack_pairs, run_both, trigger_queries
+from toybigram.theory.prompts import compete, dilution, hijack, length_prompts
+from toybigram.theory.strengths import read_strengths
+from toybigram.theory.width import ideal_build
+
+FAMILIES = ["length", "hijack", "compete", "dilution"]
+HIJACK_COUNTS = (0, 1, 2, 4, 6)
+COMPETE_COUNTS = [(1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]  # (c1, c2): how often each of two outputs follows q
+WIDTH_BUILDS = "fig5_width"
+# Ideal builds of Figure 5b, per profile: widths, vocabulary, prompt length, seeds.
+WIDTHS = {"quick": dict(d=[64, 128, 256, 512, 1024, 2048], N=16, T=64, seeds=[0, 1, 2]),
+          "paper": dict(d=[256, 512, 1024, 2048, 4096], N=65, T=128, seeds=[0, 1, 2])}
+
+
+def _designed_families(model, chain, strengths, pairs, T: int, gen) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(model, calculator) logits at the last position of the hijack, dilution and compete prompts."""
+    fam: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"hijack": [], "compete": [], "dilution": []}
+    for q, o, _b in pairs:
+        prompts = torch.cat([hijack(chain, q, o, c, T, 4, gen) for c in HIJACK_COUNTS])
+        m, _, _, p = run_both(model, strengths, prompts, last_only=True)
+        fam["hijack"].append((m[:, -1], p.logits[:, -1]))
+        for L, prompts in dilution(chain, q, o, 2, [max(8, T // 4), T], 4, gen).items():
+            m, _, _, p = run_both(model, strengths, prompts, last_only=True)
+            fam["dilution"].append((m[:, -1], p.logits[:, -1]))
+    for q in sorted({q for q, _, _ in pairs}):
+        outs = [o for qq, o, _ in pairs if qq == q]
+        if len(outs) < 2:
+            continue
+        prompts = torch.cat([compete(chain, q, outs[0], c1, outs[1], c2, T, 4, gen) for c1, c2 in COMPETE_COUNTS])
+        m, _, _, p = run_both(model, strengths, prompts, last_only=True)
+        fam["compete"].append((m[:, -1], p.logits[:, -1]))
+    return fam
+
+
+@torch.no_grad()
+def theory_families(run_dir, points: int = 400) -> dict:
+    """Figure 5: calculator (full strengths) against the model per prompt family: centred-logit
+    R^2 and top-1 agreement, and a subsample of (predicted, measured) centred logits."""
+    model, cfg = load_run(run_dir)
+    chain = make_chain(cfg.data)
+    T = int(cfg.data.seq_len)
+    strengths = read_strengths(model, T, "full")
+    sampler = make_sampler(cfg.data, chain, torch.device("cpu"), PROMPT_SEED)
+    gen = torch.Generator().manual_seed(PROMPT_SEED)
+    pairs = hijack_pairs(model, strengths, trigger_queries(cfg, chain), 2)
+    batch = length_prompts(sampler, T, 8)
+    m, _, _, p = run_both(model, strengths, batch.inputs)
+    fam = {"length": [(m.flatten(0, 1), p.logits.flatten(0, 1))], **_designed_families(model, chain, strengths, pairs, T, gen)}
+    out = {"families": {}}
+    gen_pts = torch.Generator().manual_seed(0)
+    for name in FAMILIES:
+        parts = fam[name]
+        if not parts:
+            continue
+        mm, tt = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+        a = agreement(mm, tt)
+        x, y = centred(tt).flatten(), centred(mm).flatten()
+        keep = torch.randperm(len(x), generator=gen_pts)[:points]
+        out["families"][name] = {"r2": a["r2_centered_logits"], "top1": a["top1_agreement"], "n_rows": a["n"],
+                                 "predicted": x[keep], "measured": y[keep]}
+    return out
+
+
+@torch.no_grad()
+def width_agreement(d: int, N: int, T: int, seed: int, prompts: int = 2, alpha: float = 12.0, lam: float = 10.0,
+                    beta: float = 8.0) -> dict:
+    """Figure 5b: the calculator against an ideal-memory build of width d.
+
+    The build (float64) stores alpha, lambda, beta and g = centred log pi_b (toybigram.theory.ideal);
+    prompts come from its trigger sampler. Two calculators: "idealised" (the strengths the build was
+    made with, exact previous-token table) and "read" (strengths read back from the weights, full variant).
+    """
+    model, g, tokens, logits, a2 = ideal_build(d, N, seed, T=T, prompts=prompts, alpha=alpha, lam=lam, beta=beta)
+    out = {"d": d, "N": N, "T": T, "seed": seed}
+    calculators = {"idealised": Strengths(layer1=Layer1(pos=prev_table(alpha, T)), key=lam, copy=beta, bigram=g, vocab_size=N),
+                   "read": read_strengths(model, T, "full")}
+    for label, strengths in calculators.items():
+        p = predict(strengths, tokens)
+        fit = agreement(logits, p.logits)
+        out.update({f"r2_{label}": fit["r2_centered_logits"], f"top1_{label}": fit["top1_agreement"],
+                    f"attn2_error_{label}": attention_error(a2, p.a2)})
+    return out
+
+
+def _widths(setup: Setup) -> dict:
+    if setup.profile not in WIDTHS:
+        raise UserError(f"{WIDTH_BUILDS}: no ideal-build sizes for profile {setup.profile!r} (fig5_theory.WIDTHS has {', '.join(WIDTHS)})")
+    return WIDTHS[setup.profile]
+
+
+def width_file(folder: Path, d: int, seed: int) -> Path:
+    return Path(folder) / f"d{d}_s{seed}.json"
+
+
+def make_widths(setup: Setup, log) -> None:
+    """The ideal builds of Figure 5b, one JSON file per width and seed."""
+    w = _widths(setup)
+    start = time.perf_counter()
+    for d in w["d"]:
+        for seed in w["seeds"]:
+            write_json(width_file(setup.build_dir(WIDTH_BUILDS), d, seed), width_agreement(d, w["N"], w["T"], seed))
+    log(f"[{WIDTH_BUILDS}] {len(w['d']) * len(w['seeds'])} ideal builds in {time.perf_counter() - start:.0f} s")
+
+
+def collect_widths(setup: Setup) -> Collected:
+    """The ideal builds of Figure 5b (one JSON file per width and seed) as a grid of runs."""
+    w = _widths(setup)
+    out = Collected(WIDTH_BUILDS, axes={"d": [str(d) for d in w["d"]], "seed": [str(s) for s in w["seeds"]]})
+    for d in w["d"]:
+        for seed in w["seeds"]:
+            file, values = width_file(setup.build_dir(WIDTH_BUILDS), d, seed), {"d": str(d), "seed": str(seed)}
+            name = f"d={d},seed={seed}"
+            if file.is_file():
+                out.runs.append(Run(name, file, values, {"seed": seed}, {}, json.loads(file.read_text())))
+            else:
+                out.problems.append(Problem(name, None, MISSING, f"no {file}"))
+    return out
+
+
+def tables(c: dict[str, Collected]) -> dict[str, list[dict]]:
+    r2, scatter = [], []
+    runs = c["fig1_dynamics"].runs
+    for run in runs:
+        for fam, v in run.result["families"].items():
+            r2.append({"family": fam, "seed": run.seed, "r2": v["r2"], "top1": v["top1"]})
+    first = lowest_seed(runs)
+    if first is not None:
+        for fam, v in first.result["families"].items():
+            scatter += [{"family": fam, "predicted": x, "measured": y, "r2_seed": v["r2"]} for x, y in zip(v["predicted"], v["measured"])]
+    width = sorted((run.result for run in c[WIDTH_BUILDS].runs), key=lambda r: (r["d"], r["seed"]))
+    return {"fig5_r2": summarise(r2, ["family"], ["r2", "top1"]),
+            "fig5_scatter": scatter,
+            "fig5_width": summarise(width, ["d", "N", "T"], ["r2_idealised", "r2_read", "top1_idealised", "top1_read", "attn2_error_idealised"])}
+
+
+def _agreement_by_width(ax, width):
+    d = [r["d"] for r in width]
+    band(ax, d, width, "r2_idealised", label="idealised calculator", color="C0")
+    band(ax, d, width, "r2_read", label="strengths read from the weights", color="C2")
+    band(ax, d, width, "top1_idealised", label="top-1 agreement (idealised)", color="C0", ls="--")
+    band(ax, d, width, "top1_read", label="top-1 agreement (read)", color="C2", ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width d (ideal builds)")
+    ax.set_ylabel("centred-logit R^2 / top-1 agreement")
+    N = width[0]["N"] if width else "?"
+    ax.set_title(f"agreement vs d, N={N} ({seeds_note(width, 'r2_idealised')})", fontsize=8)
+    ax.legend(fontsize=6)
+
+
+def plot(data: Path):
+    scatter = read_table(data, "fig5_scatter")
+    r2 = {r["family"]: r for r in read_table(data, "fig5_r2")}
+    width = sorted(read_table(data, "fig5_width"), key=lambda r: r["d"])
+    fams = [f for f in FAMILIES if f in r2]
+    fig, axes = plt.subplots(1, len(fams) + 1, figsize=(3.2 * (len(fams) + 1), 3.4))
+    for ax, fam in zip(axes, fams):
+        pts = [r for r in scatter if r["family"] == fam]
+        x, y = [p["predicted"] for p in pts], [p["measured"] for p in pts]
+        ax.scatter(x, y, s=3, alpha=0.35)
+        if x:
+            lo, hi = min(x + y), max(x + y)
+            ax.plot([lo, hi], [lo, hi], color="k", lw=0.6)
+        s = r2[fam]
+        ax.set_title(f"{fam}: R^2 = {s['r2_mean']:.2f} +/- {s['r2_ci']:.2f}\ntop-1 {s['top1_mean']:.2f} ({seeds_note([s], 'r2')})", fontsize=8)
+        ax.set_xlabel("calculator (centred logit)")
+    axes[0].set_ylabel("model (centred logit)")
+    _agreement_by_width(axes[-1], width)
+    fig.tight_layout()
+    return fig
+
+
+FIGURE = Figure("fig5", "fig5_theory", plot, inputs=(Input("fig1_dynamics", "theory", theory_families),), tables=tables,
+                builds=(Build(WIDTH_BUILDS, make_widths, collect_widths),))

@@ -1,0 +1,72 @@
+"""A figure is one module: a module defining FIGURE is found by the registry and built by experiments/run.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from experiments.figure import registry
+from experiments.figures import FIGURE_PATH_VARIABLE
+from experiments.sweeps import ROOT
+
+# A figure whose input is a build (no sweep): three points written to a file, one table, one line plot.
+DEMO = '''
+    import json
+
+    from experiments.figure import Build, Figure
+    from experiments.plotting import plt
+    from experiments.runs import Collected, Run
+    from experiments.tables import read_table
+
+    NAME = "fig9_demo"
+
+
+    def make(setup, log):
+        setup.build_dir(NAME).mkdir(parents=True, exist_ok=True)
+        (setup.build_dir(NAME) / "points.json").write_text(json.dumps([[0, 0], [1, 1], [2, 4]]))
+
+
+    def collect(setup):
+        path = setup.build_dir(NAME) / "points.json"
+        return Collected(NAME, runs=[Run("points", path, {}, {}, {}, json.loads(path.read_text()))])
+
+
+    def tables(collected):
+        return {NAME: [{"x": x, "y": y} for x, y in collected[NAME].runs[0].result]}
+
+
+    def plot(data):
+        rows = read_table(data, NAME)
+        fig, ax = plt.subplots()
+        ax.plot([r["x"] for r in rows], [r["y"] for r in rows])
+        return fig
+
+
+    FIGURE = Figure("fig9", NAME, plot, tables=tables, builds=(Build(NAME, make, collect),))
+'''
+
+
+def run_py(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "experiments/run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_new_figure_module_is_registered_and_drawn_by_the_runner(tmp_path):
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    (folder / "fig9_demo.py").write_text(textwrap.dedent(DEMO))
+    data, figures, sweeps = tmp_path / "data", tmp_path / "png", tmp_path / "sweeps"
+    env = {**os.environ, FIGURE_PATH_VARIABLE: str(folder)}
+    proc = run_py("fig9", "--sweeps-dir", str(sweeps), "--data-dir", str(data), "--figures-dir", str(figures), env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[fig9] wrote fig9_demo.csv, fig9_demo.pdf, fig9_demo.png" in proc.stdout
+    assert (data / "fig9_demo.csv").read_text() == "x,y\n0,0\n1,1\n2,4\n"
+    assert (figures / "fig9_demo.png").read_bytes()[:4] == b"\x89PNG"
+    assert (sweeps / "fig9_demo" / "points.json").is_file()
+
+
+def test_an_unknown_figure_is_one_error_line():
+    assert "fig9" not in registry()
+    proc = run_py("fig9", "--plot-only")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: argument figure: invalid choice: 'fig9'") and len(proc.stderr.splitlines()) == 1
