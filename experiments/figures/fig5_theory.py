@@ -22,13 +22,12 @@ from toybigram.factory import make_chain, make_sampler
 from toybigram.runio import write_json
 from toybigram.theory.calculator import Layer1, Strengths, agreement, attention_error, centred, predict, prev_table
 from toybigram.theory.compare import hijack_pairs, run_both, trigger_queries
-from toybigram.theory.prompts import compete, dilution, hijack, length_prompts
+from toybigram.theory.prompts import COMPETE_COUNTS, compete, dilution, hijack, length_prompts
 from toybigram.theory.strengths import read_strengths
 from toybigram.theory.width import ideal_build
 
 FAMILIES = ["length", "hijack", "compete", "dilution"]
 HIJACK_COUNTS = (0, 1, 2, 4, 6)
-COMPETE_COUNTS = [(1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]  # (c1, c2): how often each of two outputs follows q
 WIDTH_BUILDS = "fig5_width"
 # Ideal builds of Figure 5b, per profile: widths, vocabulary, prompt length, seeds.
 WIDTHS = {"quick": dict(d=[64, 128, 256, 512, 1024, 2048], N=16, T=64, seeds=[0, 1, 2]),

@@ -25,7 +25,7 @@ from toybigram.runio import atomic_write_bytes, provenance, write_json
 from toybigram.runtime import torch_threads
 from toybigram.theory.calculator import (Prediction, Strengths, agreement, attention_error, first_crossing,
                                          hijack_threshold, predict)
-from toybigram.theory.prompts import FAMILIES, compete, dilution, hijack, length_prompts
+from toybigram.theory.prompts import COMPETE_COUNTS, FAMILIES, compete, dilution, hijack, length_prompts
 from toybigram.theory.strengths import read_strengths
 
 THEORY_NAME = "theory"  # the training job's analysis: theory.json and theory/*.png, quoted by summary.json
@@ -190,16 +190,15 @@ def hijack_family(study: Study, pairs, variant: str, pooled: list) -> dict:
 def compete_family(study: Study, pairs, pooled: list) -> dict:
     """compete(q, o1, c1, o2, c2, T) over a grid of counts: does the calculator pick the model's winner?"""
     parts, wins = [], []
-    grid = [(1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]
     for q, o1, _ in pairs[:: max(1, len(pairs) // 5)]:
         o2 = next(o for qq, o, _ in pairs if qq == q and o != o1)
-        prompts = torch.cat([compete(study.chain, q, o1, c1, o2, c2, study.T, study.n_fill, study.gen) for c1, c2 in grid])
+        prompts = torch.cat([compete(study.chain, q, o1, c1, o2, c2, study.T, study.n_fill, study.gen) for c1, c2 in COMPETE_COUNTS])
         m, _, _, p = run_both(study.model, study.strengths, prompts, last_only=True)
         m, th = m[:, -1], p.logits[:, -1]
         parts.append((m, th))
         wins.append(((m[:, o1] > m[:, o2]) == (th[:, o1] > th[:, o2])).double().mean().item())
     pooled.extend(parts)
-    return {**_pool(parts), "grid_c1_c2": grid, "o1_vs_o2_agreement": sum(wins) / len(wins)}
+    return {**_pool(parts), "grid_c1_c2": list(COMPETE_COUNTS), "o1_vs_o2_agreement": sum(wins) / len(wins)}
 
 
 def dilution_family(study: Study, pairs, pooled: list) -> dict:
