@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from toybigram.build import validate
+from toybigram.validation import validate
 from toybigram.cli import CONF_DIR, compose, first_lines
 from toybigram.errors import UserError
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from toybigram.bench import time_median
-from toybigram.build import validate
+from toybigram.validation import validate
 from toybigram.cli import compose
 from toybigram.evaluation import evaluate
 from toybigram.train import TrainingStep, build_run

@@ -51,7 +51,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from toybigram.bench import time_interleaved  # noqa: E402
-from toybigram.build import apply_threads, validate  # noqa: E402
+from toybigram.runtime import apply_threads  # noqa: E402
+from toybigram.validation import validate
 from toybigram.cli import compose  # noqa: E402
 from toybigram.errors import UserError, exit_with  # noqa: E402
 from toybigram.train import TrainingStep, build_run  # noqa: E402

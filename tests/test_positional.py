@@ -6,7 +6,7 @@ from conftest import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
 from toybigram.bench import step_flops
-from toybigram.build import validate
+from toybigram.validation import validate
 from toybigram.checkpoint import load_run
 from toybigram.config import register_configs
 from toybigram.errors import ConfigError

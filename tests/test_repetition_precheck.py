@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from toybigram.build import make_chain, make_spec
+from toybigram.factory import make_chain, make_spec
 from toybigram.checkpoint import save_checkpoint
 from toybigram.cli import compose
 from toybigram.model import AssociativeTransformer

@@ -86,7 +86,7 @@ def test_toy_loops_cli_removes_each_component(tmp_path):
 
     from omegaconf import OmegaConf
 
-    from toybigram.build import make_chain, make_spec
+    from toybigram.factory import make_chain, make_spec
     from toybigram.checkpoint import save_checkpoint
     from toybigram.cli import compose
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from toybigram.build import as_container, make_chain, make_spec
+from toybigram.factory import as_container, make_chain, make_spec
 from toybigram.checkpoint import save_checkpoint
 from toybigram.config import register_configs
 from toybigram.errors import UserError

@@ -79,7 +79,7 @@ def test_chunked_evaluation_equals_one_piece(compose_train, monkeypatch):
     import torch
 
     import toybigram.evaluation as evaluation
-    from toybigram.build import validate
+    from toybigram.validation import validate
     from toybigram.train import build_run
 
     cfg = compose_train(*TINY, "train.eval_batch_size=40", "model.init=random")

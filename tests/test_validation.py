@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from toybigram.build import validate
+from toybigram.validation import validate
 from toybigram.config import register_configs
 from toybigram.errors import ConfigError
 from toybigram.memory import RunShape, check_memory, estimate, memory_budget, physical_memory

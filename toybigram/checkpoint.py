@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from toybigram.build import make_chain, make_spec
+from toybigram.factory import make_chain, make_spec
 from toybigram.config import TrainAppConfig
 from toybigram.errors import UserError
 from toybigram.model import AssociativeTransformer

@@ -86,14 +86,14 @@ class ModelSpec(ModelConfig):
         integer(self.vocab_size, "data.vocab_size", 2)
         integer(self.d_model, "model.d_model", 1)
         require(self.n_layers in (2, 3), "model.n_layers", f"must be 2 or 3, got {self.n_layers}")
-        for setting, value, choices in (
+        for key, value, choices in (
             ("model.pos", self.pos, ENCODINGS),
             ("model.ffn", self.ffn, FFN_KINDS),
             ("model.ape_extension", self.ape_extension, APE_EXTENSIONS),
             ("model.init", self.init, INITS),
             ("model.dtype", self.dtype, MODEL_DTYPES),
         ):
-            choice(value, setting, choices)
+            choice(value, key, choices)
         self.positional.check(self)
         integer(self.max_len, "model.max_len", 1)
         integer(self.d_hidden, "model.d_hidden", 1)

@@ -32,18 +32,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from toybigram.build import apply_threads, data_seeds, make_sampler, resolve_device, validate
 from toybigram.checkpoint import CHECKPOINT_FILE, clean_stale_temporaries, load_checkpoint, load_run, save_checkpoint
 from toybigram.cli import run_app
 from toybigram.data import Batch, BigramChain, TriggerSampler
 from toybigram.ensemble import ENSEMBLE_FILE, StackedModels, run_layout
 from toybigram.errors import DIVERGED_EXIT_CODE, UserError
 from toybigram.evaluation import evaluate, training_loss
+from toybigram.factory import data_seeds, make_sampler
 from toybigram.model import AssociativeTransformer
 from toybigram.report.build import write_report
 from toybigram.rundir import DIVERGED, FINISHED, check_run_dir, link_latest, prepare_run_dir, read_summary, run_settings
 from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, append_jsonl, atomic_write_text, provenance, read_jsonl, write_json, write_jsonl
+from toybigram.runtime import apply_threads, resolve_device
 from toybigram.theory.compare import analyze_run, headline
+from toybigram.validation import validate
 
 log = logging.getLogger("toybigram.train")
 TIMING_KEYS = ("elapsed_seconds",)

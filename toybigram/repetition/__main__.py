@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from toybigram import runio
-from toybigram.build import make_chain, make_sampler, torch_threads
+from toybigram.factory import make_chain, make_sampler
+from toybigram.runtime import torch_threads
 from toybigram.cli import run_app
 from toybigram.errors import ConfigError, UserError, require
 from toybigram.repetition import analysis, interventions, perplexity, plots

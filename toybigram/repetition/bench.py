@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from toybigram.build import apply_threads
+from toybigram.runtime import apply_threads
 from toybigram.errors import UserError, exit_with
 from toybigram.repetition.config import CollectConfig, LMConfig
 from toybigram.repetition.generation import generate_texts, greedy_continue

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from toybigram import runio
-from toybigram.build import apply_threads, make_chain
+from toybigram.factory import make_chain
+from toybigram.runtime import apply_threads
 from toybigram.errors import UserError, exit_with
 from toybigram.hooks import block_hook
 from toybigram.repetition.detector import find_loop

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from toybigram.build import data_seeds, make_chain, make_sampler
+from toybigram.factory import data_seeds, make_chain, make_sampler
 from toybigram.checkpoint import load_run
 from toybigram.data import Batch, BigramChain
 from toybigram.errors import UserError

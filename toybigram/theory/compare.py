@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from toybigram.build import as_container, make_chain, make_sampler
+from toybigram.factory import as_container, make_chain, make_sampler
 from toybigram.checkpoint import load_run
 from toybigram.data import BigramChain, TriggerSampler
 from toybigram.errors import ConfigError

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from toybigram.build import make_chain
+from toybigram.factory import make_chain
 from toybigram.checkpoint import load_run
 from toybigram.errors import UserError, exit_with
 from toybigram.hooks import pattern_hooks
