@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "set-up 2/3: $(TORCH_PIN) (CPU build)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	@echo "set-up 3/3: toybigram and its dependencies (numpy, scipy, matplotlib, hydra-core, pytest, transformers)"
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lm]'
+	@echo "set-up 3/3: toybigram and its dependencies (numpy, scipy, matplotlib, hydra-core, pytest, transformers, transformer-lens)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lm,tl]'
 	@touch $(STAMP)
 	@echo "set-up done"
 
@@ -28,7 +28,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# Every paper figure made from sweeps, quick profile (about 3 min on 2 CPU cores, more beside other jobs):
+# Every paper figure made from sweeps, quick profile (172 CPU seconds, 1.5-2 min on 2 cores; docs/experiments.md#timings):
 # sweeps, analyses, tables, PNG + PDF. Figure 8 comes from the repetition study (docs/repetition.md).
 figures: $(STAMP)
 	$(PY) experiments/run.py all --profile quick

@@ -3,7 +3,8 @@
 Each module of the package ``experiments.figures`` defines ``FIGURE = Figure(...)``; ``registry()``
 finds them all, so a new figure is one module (plus its experiment config when it needs runs of
 its own). Tables land in paper_figures/data/<table>.csv (mean, 95% CI half-width over seeds, n
-per point); the plot reads only those tables and is saved as paper_figures/<name>.png and .pdf.
+per point), with <name>_runs.csv saying which runs made them (profile and settings, for the
+caption line); the plot reads only those tables and is saved as paper_figures/<name>.png and .pdf.
 A figure's tables are built only from a complete set of runs (``figure_tables``); with
 ``allow_missing``, from whatever is usable as long as every point of every grid keeps one seed.
 """
@@ -20,12 +21,15 @@ from typing import Callable
 
 import experiments.figures as figures_package
 from experiments.plotting import save
-from experiments.runs import DIVERGED, EXTRA, FAILED, Collected, collect, report
+from experiments.runs import DIVERGED, EXTRA, FAILED, Collected, Run, collect, flatten, report
 from experiments.sweeps import ROOT, Setup
 from toybigram.errors import UserError
 
 DATA_DIR = ROOT / "paper_figures" / "data"
 FIGURES_DIR = ROOT / "paper_figures"
+# The settings a caption names (experiments.plotting.CAPTION_FORMATS): column -> where a run's config keeps it.
+CAPTION_SETTINGS = {"source": "data.source", "N": "data.vocab_size", "d": "model.d_model", "T": "data.seq_len",
+                    "pos": "model.pos", "layers": "model.n_layers", "steps": "train.steps"}
 # Every post-run analysis draws its prompts from generators seeded with this, so a re-run gives the same numbers.
 PROMPT_SEED = 1234
 
@@ -47,6 +51,7 @@ class Build:
     name: str
     make: Callable[[Setup, Callable[[str], None]], None]
     collect: Callable[[Setup], Collected]
+    kind: str = "builds"  # what the caption calls them: "ideal-memory builds"
 
 
 @dataclass(frozen=True)
@@ -146,4 +151,40 @@ def figure_tables(fig: Figure, setup: Setup, allow_missing: bool = False) -> tup
     if uncovered:
         more = f" and {len(uncovered) - 5} more" if len(uncovered) > 5 else ""
         raise IncompleteFigure(f"no usable run at {', '.join(uncovered[:5])}{more} ({problems})")
-    return fig.tables(collected), problems
+    return {**fig.tables(collected), f"{fig.name}_runs": runs_table(fig, setup.profile, collected)}, problems
+
+
+def _values(values) -> str | None:
+    """The distinct values of a setting over the runs: '64', '8/16/32' (numbers in order); None when no run has it."""
+    found = {v for v in values if v not in (None, "", {})}
+    ordered = sorted(found, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v)))
+    return "/".join(str(v) for v in ordered) if ordered else None
+
+
+def _setting(run: Run, column: str):
+    """One caption setting of a run: from its config, else (an input that is a build) from its result."""
+    flat = flatten(run.config)
+    result = run.result if isinstance(run.result, dict) else {}
+    if column == "N" and flat.get("data.vocab_size") is None:  # a text source's vocabulary is known after reading it
+        return run.summary.get("vocab_size") if "data.source" in flat else result.get("N")
+    return flat[CAPTION_SETTINGS[column]] if CAPTION_SETTINGS[column] in flat else result.get(column)
+
+
+def _freeze(run: Run) -> str:
+    """train.freeze_until as 'W_K2@40 W_K1@80' ('' when nothing is frozen)."""
+    release = run.config.get("train", {}).get("freeze_until") or {}
+    return " ".join(f"{k}@{v}" for k, v in sorted(release.items(), key=lambda kv: kv[1]))
+
+
+def runs_table(fig: Figure, profile: str, collected: dict[str, Collected]) -> list[dict]:
+    """One row per input of a figure: the profile, how many runs and seeds went into the tables, and
+    the settings they were trained with (several values joined by '/'), for the figure's caption."""
+    kinds = {build.name: build.kind for build in fig.builds}
+    rows = []
+    for name, c in collected.items():
+        source = kinds.get(name) or _values(run.config.get("data", {}).get("source") for run in c.runs)
+        row = {"input": name, "profile": profile, "runs": len(c.runs), "seeds": len({run.seed for run in c.runs}), "source": source}
+        row.update({column: _values(_setting(run, column) for run in c.runs) for column in CAPTION_SETTINGS if column != "source"})
+        row["freeze"] = _values(_freeze(run) for run in c.runs)
+        rows.append(row)
+    return rows

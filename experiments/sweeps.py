@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -196,39 +197,174 @@ class Setup:
         return ROOT / "outputs" / "experiments" / self.profile / name
 
 
-def launch(sweep: Sweep, launcher: str | None = "joblib", jobs: int = 2, fresh: bool = True,
-           log=print, seeds_together: bool = False) -> tuple[int, float]:
-    """Run the sweep as a Hydra multirun in a subprocess; returns (exit code, seconds).
+# The launchers of --launcher: basic runs a sweep's jobs one after another in one process (one
+# torch start-up per sweep), and several such sweeps run at once; the others run one sweep at a time.
+CONCURRENT_SWEEPS_LAUNCHERS = ("basic",)
+MULTIRUN_LOG = "multirun.log"  # the multirun's own output, beside the job directories
+POLL_SECONDS = 0.2
 
-    ``fresh`` empties the sweep directory first, so a table never mixes two invocations.
-    ``seeds_together``: one job per point of the other axes trains all its seeds (``Sweep.seeds_together``).
-    A failing job fails alone (its summary.json says why) and the others go on; the exit
-    code only says that something failed: the aggregator reads each job's summary.
-    """
-    if fresh and sweep.sweep_dir.exists():
-        shutil.rmtree(sweep.sweep_dir)
-    together = sweep.seeds_together() if seeds_together else []
-    job_count = len(sweep.points) // (len(sweep.axes["seed"]) if together else 1)
+
+def _command(sweep: Sweep, launcher: str | None, jobs: int, together: list[str]) -> list[str]:
+    """The multirun command line of a sweep."""
     cmd = [sys.executable, "-m", "toybigram.train", "-m", *_selection(sweep.name, sweep.profile),
            f"{SWEEP_DIR_KEY}={sweep.sweep_dir}", JOB_PROGRESS, JOB_REPORT]
     if launcher:
         cmd.append(f"hydra/launcher={launcher}")
         if launcher == "joblib":
             cmd.append(f"hydra.launcher.n_jobs={jobs}")
-    cmd.extend(together)
-    cmd.extend(sweep.job_overrides(bool(together)))
+    return [*cmd, *together, *sweep.job_overrides(bool(together))]
+
+
+def estimated_work(sweep: Sweep) -> float:
+    """A rough training cost of a sweep, to start the longest first: per run, steps x batch x
+    (1 + (T/32)^1.5), which follows the CPU time of these small models within a factor of 1.5."""
+    total = 0.0
+    for point in sweep.points:
+        size = {key: point.get(key, OmegaConf.select(sweep.base, key)) for key in ("train.steps", "train.batch_size", "data.seq_len")}
+        steps, batch, length = (float(size[key]) for key in ("train.steps", "train.batch_size", "data.seq_len"))
+        total += steps * batch * (1 + (length / 32) ** 1.5)
+    return total
+
+
+@dataclass
+class Launch:
+    """A sweep's multirun running in a subprocess, its output going to <sweep dir>/multirun.log."""
+
+    sweep: Sweep
+    process: subprocess.Popen
+    started: float
+    job_count: int
+    together: bool
+
+    def poll(self) -> tuple[int, float] | None:
+        """(exit code, CPU seconds of the multirun and its workers) once it has ended, else None."""
+        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        return self.process.returncode, usage.ru_utime + usage.ru_stime
+
+    def report(self, code: int, cpu: float, log) -> float:
+        """Log how the multirun ended (the tail of its output when it failed); returns its wall seconds."""
+        seconds = time.perf_counter() - self.started
+        name = self.sweep.name
+        if code != 0:
+            output = (self.sweep.sweep_dir / MULTIRUN_LOG).read_text(errors="replace").strip().splitlines()
+            log(f"[{name}] multirun exited with code {code} after {seconds:.0f} s:\n" + "\n".join(output[-15:]))
+        else:
+            jobs = f" in {self.job_count} jobs" if self.together else ""
+            log(f"[{name}] {len(self.sweep.points)} runs{jobs} in {seconds:.0f} s ({cpu:.0f} CPU s)")
+        return seconds
+
+
+def start(sweep: Sweep, launcher: str | None, jobs: int, log=print, seeds_together: bool = False,
+          threads: int | None = None) -> Launch:
+    """Empty the sweep directory and start the sweep's multirun in a subprocess.
+
+    ``threads``: torch threads of each job (OMP_NUM_THREADS); None: the cores shared among the
+    jobs of a parallel launcher (jobs x threads must not oversubscribe the CPU).
+    """
+    if sweep.sweep_dir.exists():
+        shutil.rmtree(sweep.sweep_dir)
+    sweep.sweep_dir.mkdir(parents=True)
+    together = sweep.seeds_together() if seeds_together else []
+    job_count = len(sweep.points) // (len(sweep.axes["seed"]) if together else 1)
     env = dict(os.environ)
-    parallel = min(jobs, job_count)
-    if launcher in ("joblib", "submitit_local") and parallel > 1:
-        # the cores shared among the jobs that run at once: jobs x threads must not oversubscribe the CPU
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    parallel = min(jobs, job_count) if launcher in ("joblib", "submitit_local") else 1
+    if threads is None and parallel > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = _command(sweep, launcher, jobs, together)
     log(f"[{sweep.name}] {' '.join(cmd[1:])}")
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-        log(f"[{sweep.name}] multirun exited with code {proc.returncode} after {seconds:.0f} s:\n{tail}")
-    else:
-        log(f"[{sweep.name}] {len(sweep.points)} runs" + (f" in {job_count} jobs" if together else "") + f" in {seconds:.0f} s")
-    return proc.returncode, seconds
+    with open(sweep.sweep_dir / MULTIRUN_LOG, "w") as output:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+    return Launch(sweep, process, time.perf_counter(), job_count, bool(together))
+
+
+def launch(sweep: Sweep, launcher: str | None = "joblib", jobs: int = 2, log=print,
+           seeds_together: bool = False) -> tuple[int, float]:
+    """Run the sweep as a Hydra multirun in a subprocess and wait for it; returns (exit code, seconds).
+
+    The sweep directory is emptied first, so a table never mixes two invocations.
+    ``seeds_together``: one job per point of the other axes trains all its seeds (``Sweep.seeds_together``).
+    A failing job fails alone (its summary.json says why) and the others go on; the exit
+    code only says that something failed: the aggregator reads each job's summary.
+    """
+    running = start(sweep, launcher, jobs, log, seeds_together)
+    while (ended := running.poll()) is None:
+        time.sleep(POLL_SECONDS)
+    return ended[0], running.report(*ended, log)
+
+
+@dataclass
+class SweepPool:
+    """Sweeps trained in the background while the runner analyses the ones already done.
+
+    With the basic launcher, up to ``jobs`` sweeps run at once, each in one process whose jobs
+    run one after another with cores / (sweeps at once) threads: one torch start-up per sweep
+    instead of one per worker, and no core idle at the end of a sweep while another waits.
+    Other launchers run one sweep at a time with their own parallelism. The longest sweeps
+    (``estimated_work``) start first.
+    """
+
+    launcher: str | None
+    jobs: int
+    log: Callable[[str], None] = print
+    seeds_together: bool = False
+    queue: list[Sweep] = field(default_factory=list)
+    running: dict[Path, Launch] = field(default_factory=dict)
+    ended: dict[Path, int] = field(default_factory=dict)  # sweep directory -> exit code
+    cpu_seconds: float = 0.0
+    lanes: int = 1
+
+    def submit(self, sweeps: list[Sweep]) -> None:
+        """Queue sweeps (each sweep directory once), longest first, and start as many as may run."""
+        known = {*self.ended, *self.running, *(s.sweep_dir for s in self.queue)}
+        for sweep in sweeps:
+            if sweep.sweep_dir not in known:
+                known.add(sweep.sweep_dir)
+                self.queue.append(sweep)
+        self.queue.sort(key=estimated_work, reverse=True)
+        at_once = self.jobs if (self.launcher or "basic") in CONCURRENT_SWEEPS_LAUNCHERS else 1
+        self.lanes = max(1, min(at_once, len(self.queue) + len(self.running)))
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.queue and len(self.running) < self.lanes:
+            sweep = self.queue.pop(0)
+            threads = max(1, (os.cpu_count() or 1) // self.lanes) if self.lanes > 1 else None
+            self.running[sweep.sweep_dir] = start(sweep, self.launcher, self.jobs, self.log, self.seeds_together, threads)
+
+    def _reap(self) -> None:
+        for folder, running in list(self.running.items()):
+            ended = running.poll()
+            if ended is not None:
+                running.report(*ended, self.log)
+                self.cpu_seconds += ended[1]
+                self.ended[folder] = ended[0]
+                del self.running[folder]
+        self._fill()
+
+    def have_ended(self, sweeps: list[Sweep]) -> bool:
+        """Whether the multiruns of all these sweeps have ended (a sweep never submitted has not)."""
+        self._reap()
+        return all(sweep.sweep_dir in self.ended for sweep in sweeps)
+
+    def wait(self, sweep: Sweep) -> int:
+        """Block until the sweep's multirun has ended (starting it if it was not submitted); its exit code."""
+        self.submit([sweep])
+        while sweep.sweep_dir not in self.ended:
+            self._reap()
+            if sweep.sweep_dir not in self.ended:
+                time.sleep(POLL_SECONDS)
+        return self.ended[sweep.sweep_dir]
+
+    def stop(self) -> None:
+        """Stop the multiruns still running (SIGTERM: each job saves a checkpoint) and drop the queue."""
+        self.queue.clear()
+        for running in self.running.values():
+            running.process.terminate()
+        for running in self.running.values():
+            running.process.wait()
+        self.running.clear()

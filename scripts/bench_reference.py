@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,78 +49,27 @@ import torch.nn.functional as F  # noqa: E402
 
 from toybigram.bench import time_interleaved  # noqa: E402
 from toybigram.runtime import apply_threads  # noqa: E402
-from toybigram.validation import validate
+from toybigram.validation import validate  # noqa: E402
 from toybigram.cli import compose  # noqa: E402
 from toybigram.errors import UserError, exit_with  # noqa: E402
+from toybigram.reference import (CPU_LAUNCHER, REFERENCE_LOG, check_reference, cpu_seconds_of_children,  # noqa: E402
+                                 reference_overrides, window_ms_per_step, write_meta)
 from toybigram.train import TrainingStep, build_run  # noqa: E402
 
-REFERENCE_FILES = ("ihead_basic_main.py", "ihead_basic_model.py", "ihead_data.py")
-# The reference's log line at an evaluation: "<iter> (<data s>, <step s>, <elapsed s>): loss ..."
-REFERENCE_LOG = re.compile(r"^(?:INFO:root:)?(\d+) \(([\d.]+), ([\d.]+), ([\d.]+)\): loss")
-# Run the reference's main script on the CPU: .cuda() becomes a no-op; the data workers need fork.
-CPU_LAUNCHER = """
-import multiprocessing, runpy, sys, torch
-multiprocessing.set_start_method("fork", force=True)
-torch.Tensor.cuda = lambda self, *args, **kwargs: self
-torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-torch.set_num_threads({threads})
-sys.argv = ["ihead_basic_main.py"] + sys.argv[1:]
-runpy.run_path("ihead_basic_main.py", run_name="__main__")
-"""
 
-
-def write_meta(reference: Path) -> bool:
-    """Write the reference's data/meta.pkl from toybigram's Shakespeare counts unless it exists."""
-    meta_path = reference / "data" / "meta.pkl"
-    if meta_path.exists():
-        return False
-    table = json.loads((REPO / "toybigram" / "data" / "shakespeare_bigram.json").read_text())
-    alphabet = table["alphabet"]
-    meta = {
-        "vocab_size": len(alphabet),
-        "itos": dict(enumerate(alphabet)),
-        "stoi": {ch: i for i, ch in enumerate(alphabet)},
-        "unigrams": {ch: int(c) for ch, c in zip(alphabet, table["unigram_counts"])},
-        "bigrams": {
-            (a, b): int(c)
-            for a, row in zip(alphabet, table["bigram_counts"])
-            for b, c in zip(alphabet, row) if c
-        },
-    }
-    meta_path.parent.mkdir(exist_ok=True)
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(meta))
-    tmp.replace(meta_path)
-    return True
-
-
-def window_ms_per_step(points: list[tuple[int, float]], first_step: int) -> float:
-    """ms per step between the evaluation at ``first_step`` and the last one, from (step, elapsed s) pairs."""
-    points = sorted(points)
-    start = [p for p in points if p[0] == first_step]
-    if not start or points[-1][0] <= first_step:
-        raise RuntimeError(f"no evaluations at step {first_step} and after it: {points}")
-    (s0, t0), (s1, t1) = start[0], points[-1]
-    return 1e3 * (t1 - t0) / (s1 - s0)
-
-
-def cpu_seconds_of_children() -> float:
-    """User + system seconds of every finished child process (and their reaped children) so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def shape_overrides(args) -> list[str]:
+    """toybigram's settings for the compared configuration (the reference gets the same, toybigram.reference)."""
+    return [
+        f"model.d_model={args.d_model}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
+        f"data.n_triggers={args.triggers}", "data.triggers=fixed", "model.ffn=linear", "train.loss=incontext",
+        "optim=sgd", "optim.lr=0.2", "optim.momentum=0.9", "optim.weight_decay=0.0001", "optim.schedule=constant",
+        f"seed={args.seed}", f"threads={args.threads}",
+    ]
 
 
 def run_reference(args, env: dict) -> dict:
-    steps = args.steps
-    cli = [
-        f"model_args.dim={args.d_model}", f"model_args.max_length={args.seq_len}", f"data_args.seq_length={args.seq_len}",
-        f"optim_args.batch_size={args.batch_size}", f"data_args.k={args.triggers}", "data_args.fixed_special_toks=True",
-        "model_args.final_ffn=True", "model_args.linear_final_ffn=True",
-        "model_args.freeze_embeddings=True", "model_args.freeze_output=True",
-        "optim_args.use_sgd=True", "optim_args.learning_rate=0.2", "optim_args.momentum=0.9", "optim_args.weight_decay=0.0001",
-        "loss_head_only=True", f"eval_delta={args.eval_every}", f"num_data_workers={args.workers}",
-        f"max_iters={steps + 1}", f"seed={args.seed}",
-    ]
+    cli = [*reference_overrides(compose("train", shape_overrides(args))), f"eval_delta={args.eval_every}",
+           f"num_data_workers={args.workers}", f"max_iters={args.steps + 1}", f"seed={args.seed}"]
     before, tick = cpu_seconds_of_children(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CPU_LAUNCHER.format(threads=args.threads or os.cpu_count()), *cli],
                           cwd=args.reference, env=env, capture_output=True, text=True)
@@ -138,12 +84,9 @@ def run_reference(args, env: dict) -> dict:
 def run_ours(args, env: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
-            f"hydra.run.dir={tmp}/run", f"model.d_model={args.d_model}", f"data.seq_len={args.seq_len}",
-            f"train.batch_size={args.batch_size}", f"data.n_triggers={args.triggers}", "data.triggers=fixed",
-            "model.ffn=linear", "train.loss=incontext", "optim=sgd", "optim.lr=0.2", "optim.momentum=0.9",
-            "optim.weight_decay=0.0001", "optim.schedule=constant", f"train.eval_every={args.eval_every}",
+            f"hydra.run.dir={tmp}/run", *shape_overrides(args), f"train.eval_every={args.eval_every}",
             "train.eval_batch_size=512", f"train.steps={args.steps}", "train.ckpt_every=0", "train.theory=false",
-            "train.progress=none", f"seed={args.seed}", f"threads={args.threads}",
+            "train.progress=none",
         ]
         before, tick = cpu_seconds_of_children(), time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "toybigram.train", *overrides], cwd=REPO, env=env,
@@ -163,12 +106,7 @@ def model_steps(args) -> dict:
     The reference's model is imported from the checkout and built as its main script
     builds it (same configuration as the loops); in-context loss on targets with label >= 2.
     """
-    cfg = compose("train", [
-        f"model.d_model={args.d_model}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
-        f"data.n_triggers={args.triggers}", "model.ffn=linear", "train.loss=incontext", "optim=sgd", "optim.lr=0.2",
-        "optim.momentum=0.9", "optim.weight_decay=0.0001", "optim.schedule=constant", f"seed={args.seed}",
-        f"threads={args.threads}",
-    ])
+    cfg = compose("train", shape_overrides(args))
     apply_threads(cfg.threads)
     chain, spec = validate(cfg)
     ours = build_run(cfg, chain, spec, torch.device("cpu"))
@@ -229,9 +167,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    missing = [name for name in REFERENCE_FILES if not (args.reference / name).is_file()]
-    if missing:
-        raise UserError(f"--reference: {args.reference} is not a transformer-birth checkout (missing {', '.join(missing)})")
+    check_reference(args.reference)
     if args.model_steps < 0:
         raise UserError(f"--model-steps must be non-negative, got {args.model_steps}")
     if min(args.repeats, args.steps, args.eval_every, args.d_model, args.seq_len, args.batch_size, args.workers) < 1:

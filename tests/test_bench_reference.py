@@ -50,3 +50,30 @@ def test_a_directory_without_the_reference_is_refused(harness, tmp_path, capsys)
         harness.main(["--reference", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "not a transformer-birth checkout" in capsys.readouterr().err
+
+
+def test_an_evaluation_line_gives_updates_done_and_both_accuracies():
+    from toybigram.reference import parse_reference_line
+
+    line = ("INFO:root:10 (0.00, 0.25, 5.10): loss: 1.2345 (2.0000, 1.2000), acc: 0.5000 (0.6000 / 0.6500) "
+            "probes: 0.1 / 0.2 / 0.3 / 0.4 (0.5)")
+    assert parse_reference_line(line) == {"step": 11, "elapsed": 5.10, "acc_incontext": 0.65, "acc_incontext_train": 0.60}
+    assert parse_reference_line("INFO:root:11 (0.00, 0.25, 5.30): 1.2345") is None  # a line between evaluations
+    assert parse_reference_line("INFO:root:memory probes wk0: 0.1") is None
+
+
+def test_the_reference_gets_toybigrams_shape_and_refuses_what_it_cannot_run(compose_train):
+    from toybigram.errors import UserError
+    from toybigram.reference import REFERENCE_OPTIMIZER, reference_overrides
+
+    cfg = compose_train("model.d_model=128", "data.seq_len=96", "train.batch_size=32", "data.n_triggers=3",
+                        "model.ffn=relu", "train.loss=incontext", "data.triggers=random", "data.outputs=bigram")
+    cli = set(reference_overrides(cfg))
+    assert {"model_args.dim=128", "model_args.max_length=96", "data_args.seq_length=96", "optim_args.batch_size=32",
+            "data_args.k=3", "model_args.final_ffn=True", "model_args.linear_final_ffn=False", "loss_head_only=True",
+            "data_args.fixed_special_toks=False", "bigram_outs_train=True", "model_args.freeze_embeddings=True",
+            *REFERENCE_OPTIMIZER} <= cli
+    for override, setting in (("model.pos=rpe", "model.pos"), ("data=dirichlet", "data.source"),
+                              ("data.vocab_size=20", "data.vocab_size")):
+        with pytest.raises(UserError, match=setting):
+            reference_overrides(compose_train(override))

@@ -8,7 +8,8 @@ import textwrap
 
 from experiments.figure import registry
 from experiments.figures import FIGURE_PATH_VARIABLE
-from experiments.sweeps import ROOT
+from experiments.figures.fig5_theory import WIDTHS
+from experiments.sweeps import ROOT, Setup
 
 # A figure whose input is a build (no sweep): three points written to a file, one table, one line plot.
 DEMO = '''
@@ -59,8 +60,9 @@ def test_a_new_figure_module_is_registered_and_drawn_by_the_runner(tmp_path):
     env = {**os.environ, FIGURE_PATH_VARIABLE: str(folder)}
     proc = run_py("fig9", "--sweeps-dir", str(sweeps), "--data-dir", str(data), "--figures-dir", str(figures), env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "[fig9] wrote fig9_demo.csv, fig9_demo.pdf, fig9_demo.png" in proc.stdout
+    assert "[fig9] wrote fig9_demo.csv, fig9_demo_runs.csv, fig9_demo.pdf, fig9_demo.png" in proc.stdout
     assert (data / "fig9_demo.csv").read_text() == "x,y\n0,0\n1,1\n2,4\n"
+    assert (data / "fig9_demo_runs.csv").read_text().splitlines()[1].startswith("fig9_demo,quick,1,1,builds,")
     assert (figures / "fig9_demo.png").read_bytes()[:4] == b"\x89PNG"
     assert (sweeps / "fig9_demo" / "points.json").is_file()
 
@@ -70,3 +72,23 @@ def test_an_unknown_figure_is_one_error_line():
     proc = run_py("fig9", "--plot-only")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: argument figure: invalid choice: 'fig9'") and len(proc.stderr.splitlines()) == 1
+
+
+def test_the_smoke_profile_composes_and_validates_for_every_figure():
+    """`experiments/run.py all --profile smoke` checks the pipeline: every sweep of every figure composes
+    with the smoke sizes, every point validates, and it trains one or two seeds."""
+    setup = Setup("smoke")
+    experiments = {item.experiment for fig in registry().values() for item in fig.inputs}
+    assert experiments == {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")} - {"base"}
+    for name in sorted(experiments):
+        sweep = setup.sweep(name)
+        sweep.check()
+        assert 1 <= len(sweep.axes["seed"]) <= 2 and sweep.sweep_dir.parts[-2:] == ("smoke", name)
+    assert "smoke" in WIDTHS
+
+
+def test_an_experiment_composes_with_the_smoke_profile_on_the_command_line():
+    proc = subprocess.run([sys.executable, "-m", "toybigram.train", "+experiment=fig7_vocab_length", "profile=smoke", "--cfg", "job"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "steps: 30" in proc.stdout and "d_model: 32" in proc.stdout

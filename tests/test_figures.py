@@ -9,8 +9,13 @@ import sys
 
 import pytest
 
-from experiments.figure import FIGURES_DIR, registry
+import torch
+
+from experiments.figure import FIGURES_DIR, Build, Figure, registry, runs_table
+from experiments.plotting import band, caption_text, plt
+from experiments.runs import Collected, Run
 from experiments.tables import MissingTable, write_table
+from toybigram.theory.plots import PLOT_FILES, write_plots
 
 
 def stat(name, mean, ci=0.05, n=3):
@@ -55,11 +60,26 @@ def fig5_to_7() -> dict[str, list[dict]]:
             "fig6_alpha": alpha, "fig6_stats": stats, "fig7_grid": grid}
 
 
+def runs_row(name: str, **settings) -> dict:
+    """A row of a figure's runs table (experiments.figure.runs_table)."""
+    return {"input": name, "profile": "quick", "runs": 3, "seeds": 3, "source": "dirichlet", "N": 16, "d": 64, "T": 32,
+            "pos": "ape", "layers": 2, "steps": 300, "freeze": None, **settings}
+
+
+def runs_tables() -> dict[str, list[dict]]:
+    """Which runs made each figure of 1-7: one input each, two inputs with their own settings for fig1 and fig3."""
+    tables = {f"{fig.name}_runs": [runs_row(fig.inputs[0].experiment if fig.inputs else fig.name)]
+              for fig in registry().values() if fig.from_sweeps}
+    tables["fig1_dynamics_runs"].append(runs_row("fig1_freeze", freeze="W_K2@40 W_K1@80"))
+    tables["fig3_length_runs"] = [runs_row("fig3_length", pos="ape/rope/rpe"), runs_row("fig3_length_nope", pos="nope", layers=3)]
+    return tables
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """Fixture tables of figures 1-7, and figure 8's committed tables (written by the repetition export)."""
     folder = tmp_path_factory.mktemp("tables")
-    for name, rows in {**fig1_to_4(), **fig5_to_7()}.items():
+    for name, rows in {**fig1_to_4(), **fig5_to_7(), **runs_tables()}.items():
         write_table(folder / f"{name}.csv", rows)
     for table in FIGURES_DIR.joinpath("data").glob("fig8_repetition_*.csv"):
         shutil.copy(table, folder)
@@ -94,3 +114,61 @@ def test_missing_table_is_a_clear_error(tmp_path):
     with pytest.raises(MissingTable, match="make figures"):
         registry()["fig7"].draw(tmp_path, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_figure_without_its_runs_table_is_refused(data_dir, tmp_path):
+    """A figure never draws without the caption saying which runs made it."""
+    for table in data_dir.glob("fig7_*.csv"):
+        shutil.copy(table, tmp_path)
+    (tmp_path / "fig7_vocab_length_runs.csv").unlink()
+    with pytest.raises(MissingTable, match="fig7_vocab_length_runs"):
+        registry()["fig7"].draw(tmp_path, tmp_path)
+
+
+def test_caption_names_the_profile_the_shared_settings_and_each_inputs_own():
+    text = caption_text(runs_tables()["fig3_length_runs"], "bands: 95% CI")
+    assert text == ("quick profile: synthetic chain, N=16, d=64, T=32, 300 steps, 3 seeds; fig3_length: ape/rope/rpe, 2 layers; "
+                    "fig3_length_nope: nope, 3 layers. Bands: 95% CI")
+    one_seed = caption_text([runs_row("fig4_hijack", profile="smoke", seeds=1, pos=None, layers=None)])
+    assert one_seed == "smoke profile: synthetic chain, N=16, d=64, T=32, 300 steps, 1 seed"
+
+
+def fake_run(seed: int, steps: int, vocab: int, freeze: dict | None = None) -> Run:
+    config = {"seed": seed, "data": {"source": "dirichlet", "vocab_size": vocab, "seq_len": 16},
+              "model": {"d_model": 8, "pos": "rpe", "n_layers": 2}, "train": {"steps": steps, "freeze_until": freeze or {}}}
+    return Run(f"seed={seed}", None, {}, config, {"status": "finished"}, {})
+
+
+def test_the_runs_table_comes_from_the_configs_of_the_runs_used():
+    """The caption's settings are those the aggregated runs recorded, several values joined, builds named by their kind."""
+    sweep = Collected("demo", runs=[fake_run(0, 30, 16, {"W_K1": 20, "W_K2": 10}), fake_run(1, 30, 8, {"W_K1": 20, "W_K2": 10})])
+    build = Collected("widths", runs=[Run(f"d={d}", None, {}, {"seed": 0}, {}, {"N": 8, "T": 16, "d": d}) for d in (4, 32, 16)])
+    fig = Figure("fig9", "fig9_demo", plot=print, builds=(Build("widths", print, print, kind="ideal-memory builds"),))
+    rows = {row["input"]: row for row in runs_table(fig, "smoke", {"demo": sweep, "widths": build})}
+    assert rows["demo"] == {"input": "demo", "profile": "smoke", "runs": 2, "seeds": 2, "source": "dirichlet", "N": "8/16",
+                            "d": "8", "T": "16", "pos": "rpe", "layers": "2", "steps": "30", "freeze": "W_K2@10 W_K1@20"}
+    assert rows["widths"] == {"input": "widths", "profile": "smoke", "runs": 3, "seeds": 1, "source": "ideal-memory builds",
+                              "N": "8", "d": "4/16/32", "T": "16", "pos": None, "layers": None, "steps": None, "freeze": None}
+
+
+def test_bands_of_bounded_quantities_stay_in_their_range():
+    rows = [{"r_mean": m, "r_ci": 0.5, "r_n": 3} for m in (0.1, 0.9, 1.0)]
+    fig, ax = plt.subplots()
+    band(ax, [0, 1, 2], rows, "r", limits=(0.0, 1.0))
+    ys = ax.collections[0].get_paths()[0].vertices[:, 1]
+    plt.close(fig)
+    assert ys.min() >= 0.0 and ys.max() <= 1.0 and ys.max() == 1.0
+
+
+def hijack_results(counts: int = 4, pairs: int = 3) -> dict:
+    margins = [torch.linspace(-1.0 + p, 2.0 + p, counts) for p in range(pairs)]
+    return {"hijack": {"counts": torch.arange(counts), "T": 32,
+                       "pairs": [{"margin_model": m, "margin_theory": m + 0.1} for m in margins]}}
+
+
+def test_per_run_theory_plots_are_written_with_their_names(tmp_path):
+    pooled = [(torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)) for _ in range(2)]
+    assert write_plots(tmp_path / "a", hijack_results(), pooled) == list(PLOT_FILES)
+    assert all((tmp_path / "a" / name).read_bytes()[:4] == b"\x89PNG" for name in PLOT_FILES)
+    assert write_plots(tmp_path / "b", {}, pooled) == [PLOT_FILES[0]]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [PLOT_FILES[0]]

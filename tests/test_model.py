@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from toybigram.errors import ConfigError
 from toybigram.model import AssociativeTransformer, ModelSpec
 from toybigram.positional import rotate
 from toybigram.probes import attention_probes, copy_recall, induction_key_recall, previous_token_recall
@@ -152,6 +153,36 @@ def test_frozen_and_trainable_split_and_zero_init():
     again = AssociativeTransformer(ModelSpec(vocab_size=N, d_model=D, max_len=T, ffn="linear"), seed=0)
     other = AssociativeTransformer(ModelSpec(vocab_size=N, d_model=D, max_len=T, ffn="linear"), seed=1)
     assert torch.equal(model.W_E, again.W_E) and not torch.equal(model.W_E, other.W_E)
+
+
+def test_bietti_parametrisation_has_the_reference_codes_scales():
+    """model.param=bietti: N(0, 1) embeddings and positions from the same streams, nn.Linear's
+    uniform(+-1/sqrt(fan-in)) for the other frozen maps and for a random start; zero start kept."""
+    d, h, rows = 256, 512, 128
+    shape = dict(vocab_size=65, d_model=d, max_len=rows, d_hidden=h)
+    ours = AssociativeTransformer(ModelSpec(**shape, ffn="linear"), seed=4)
+    bietti = AssociativeTransformer(ModelSpec(**shape, ffn="linear", param="bietti", init="random"), seed=4)
+    for table in ("W_E", "W_pos"):
+        torch.testing.assert_close(getattr(bietti, table), math.sqrt(d) * getattr(ours, table))
+        assert 0.95 < getattr(bietti, table).std() < 1.05
+    relu = AssociativeTransformer(ModelSpec(**shape, ffn="relu", param="bietti", init="random"), seed=4)
+    uniform = {"W_U": (bietti.W_U, d), "W_V1": (bietti.blocks[0].W_V, d), "W_O1": (bietti.blocks[0].W_O, d),
+               "W_V2": (bietti.blocks[1].W_V, d), "W_K1": (bietti.blocks[0].W_K, d), "W_K2": (bietti.blocks[1].W_K, d),
+               "W_O2": (bietti.blocks[1].W_O, d), "W_F": (bietti.blocks[1].mlp.W_F, d),
+               "W_in": (relu.blocks[1].mlp.W_in, d), "W_out": (relu.blocks[1].mlp.W_out, h)}
+    for name, (matrix, fan_in) in uniform.items():
+        bound = 1 / math.sqrt(fan_in)
+        assert matrix.abs().max() <= bound and matrix.abs().max() > 0.99 * bound, name
+        assert abs(matrix.std() * math.sqrt(3 * fan_in) - 1) < 0.05, name  # uniform: std = bound / sqrt(3)
+        assert abs(matrix.mean()) < 0.05 * bound, name
+    trainable = [bietti.blocks[0].W_K, bietti.blocks[1].W_K, bietti.blocks[1].W_O]
+    assert len({float(m.sum()) for m in trainable}) == 3  # each from its own stream
+    again = AssociativeTransformer(ModelSpec(**shape, ffn="linear", param="bietti", init="random"), seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(bietti.state_dict().values(), again.state_dict().values()))
+    zero = AssociativeTransformer(ModelSpec(**shape, ffn="linear", param="bietti"), seed=4)
+    assert all(torch.count_nonzero(p) == 0 for p in zero.parameters())
+    with pytest.raises(ConfigError, match="model.param"):
+        ModelSpec(**shape, param="nanogpt").validate()
 
 
 def test_ideal_memories_predict_incontext_tokens_and_pass_every_probe():

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -157,11 +159,39 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
         (["detector.repeats=1"], "detector.repeats"),
         (["detector.min_after=10"], "detector.min_after"),
         (["intervene.ks=[0,-5]"], "intervene.ks"),
+        (["progress_every_s=0"], "progress_every_s"),
     ]
     for args, expected in cases:
         with pytest.raises(UserError, match=expected):
             precheck(compose("repetition", [*args, f"hydra.run.dir={tmp_path / 'run'}"], with_hydra=True))
     assert not (tmp_path / "run").exists()
+
+
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[toybigram\.repetition\]\[INFO\] - (.*)$")
+
+
+def test_cli_names_every_stage_and_is_never_silent(tiny_model_dir, tmp_path):
+    """Off a terminal each stage is named with its size as it starts, and a line comes at least every progress_every_s."""
+    every_s = 0.25
+    shown = [arg for arg in TINY if arg != "progress=false"]
+    result = run_cli("lm=hf", f"lm.path={tiny_model_dir}", f"hydra.run.dir={tmp_path / 'run'}",
+                     f"perplexity.text={tiny_model_dir / 'text.txt'}", *shown, "threads=1", "figures=false",
+                     f"progress_every_s={every_s}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f"), m[2]) for m in map(LOG_LINE.match, result.stdout.splitlines()) if m]
+    starts = [text for _, text in lines if text.startswith("stage ") and " done in " not in text]
+    assert starts == [
+        f"stage 1/5: loading the model (hf {tiny_model_dir})",
+        "stage 2/5: collecting up to 16 texts (4 repetitive and 1 plain needed)",
+        "stage 3/5: ranking neurons on 3 texts",
+        "stage 4/5: interventions on 1 held-out and 1 plain prompts",
+        "stage 5/5: perplexity of the unedited and the edited model",
+    ]
+    assert lines[-1][1].startswith("stage 5/5 done in ")
+    assert any(text.startswith("  stage 1/5: loading the model") for _, text in lines)  # loading alone outlasts the bound
+    gaps = [(later - earlier).total_seconds() for (earlier, _), (later, _) in zip(lines, lines[1:])]
+    assert max(gaps) < every_s + 1.5, max(gaps)  # slack for a loaded machine
+    assert "collect texts" not in result.stderr  # no bars off a terminal
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):

@@ -32,7 +32,7 @@ BAD_SETTINGS = [refusal(case) for case in (
     f"{TWO} seed=9223372036854775807 -> train.instances",
     # optimizer
     "optim.beta1=2", "optim.beta2=1.0", "optim.momentum=-1", "optim.weight_decay=-1", "optim.lr=inf", "optim.lr=nan",
-    f"{TWO} train.instance_lrs=[inf,0.1]", "optim.min_lr_ratio=1.5", "optim.warmup_steps=-1", "optim.name=adam",
+    f"{TWO} train.instance_lrs=[inf,0.1]", "optim.min_lr_ratio=1.5", "optim.warmup_steps=-1", "optim.name=adam", "model.param=foo", "optim.ffn_lr_scale=0",
     "optim.schedule=linear",
     # model
     "model.rope_base=0", "model.rope_base=nan", "model.rope_base=-2", "model.rope_base=1", "model.d_model=0",

@@ -4,6 +4,8 @@
     python -m toybigram.bench model.d_model=256 data.seq_len=256 --json bench.json
     python -m toybigram.bench optim=sgd train.loss=incontext --e2e 200     # also a real training run
     python -m toybigram.bench model.d_model=64 data.seq_len=64 train.batch_size=32 --instances 8 --e2e 200
+    python -m toybigram.bench --time-to-accuracy model.d_model=128 data.seq_len=128 train.loss=incontext \
+        [--target 0.97] [--reference /path/to/transformer-birth --repeats 2]
 
 Positional arguments are training-app overrides (as for ``python -m toybigram.train``).
 Every time is the median of several repeats after warm-up, taken in this process:
@@ -26,6 +28,11 @@ threads); with ``--instances S`` it trains S instances together and, for compari
 one, and of one model on an S-times batch (the same arithmetic with shared weights, so
 the least that stacking S models could cost here). Times on a shared machine are
 noisy: compare figures taken in the same sitting.
+
+``--time-to-accuracy`` measures something else: the steps and whole-process wall seconds a
+training process takes until held-out in-context accuracy first reaches ``--target`` (and
+0.9), with ``--reference DIR`` beside Bietti et al.'s code, alternating processes
+(toybigram.speed; the reference's launcher and log in toybigram.reference).
 """
 from __future__ import annotations
 
@@ -54,6 +61,7 @@ from toybigram.evaluation import evaluate
 from toybigram.model import ModelSpec
 from toybigram.runio import dumps, provenance, read_jsonl, write_json
 from toybigram.runtime import DTYPES, apply_threads, resolve_device
+from toybigram.speed import Targets, format_table, time_to_accuracy, with_quiet_training
 from toybigram.train import RunParts, TrainingStep, build_run, train
 from toybigram.validation import validate
 
@@ -349,7 +357,7 @@ def _shape(text: str) -> tuple[int, int]:
     return b, t
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m toybigram.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="training-app overrides, e.g. model.d_model=256 optim=sgd")
     parser.add_argument("--steps", type=int, default=10, help="timed repeats per measurement (median reported)")
@@ -359,28 +367,56 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--instances", type=int, default=1, help="also time S instances trained together")
     parser.add_argument("--e2e", type=int, default=0, metavar="STEPS", help="also time a real training run of STEPS steps")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout only)")
-    args = parser.parse_intermixed_args(argv)
+    speed = parser.add_argument_group("time to accuracy (--time-to-accuracy)")
+    speed.add_argument("--time-to-accuracy", action="store_true",
+                       help="time training processes until held-out in-context accuracy reaches --target")
+    speed.add_argument("--target", type=float, default=0.97, help="the accuracy to reach (0.9 is reported too)")
+    speed.add_argument("--gap-target", type=float, default=0.05,
+                       help="with train.loss=all, also the global gap (nats above its Bayes floor) to reach")
+    speed.add_argument("--reference", type=Path, metavar="DIR", help="a transformer-birth checkout to run beside")
+    speed.add_argument("--repeats", type=int, default=1, help="processes per code, alternating")
+    speed.add_argument("--reference-steps", type=int, default=600, help="the reference's most training steps")
+    speed.add_argument("--workers", type=int, default=2, help="the reference's data worker processes")
+    return parser
 
-    register_configs()
 
+def _time_to_accuracy(args: argparse.Namespace) -> dict:
+    overrides = with_quiet_training(args.overrides)
+    cfg = _compose(overrides)
+    validate(cfg)
+    return time_to_accuracy(cfg, overrides, Targets(args.target, args.gap_target), args.reference, args.repeats,
+                            args.reference_steps, args.workers)
+
+
+def _compose(overrides: list[str]) -> DictConfig:
     try:
-        try:
-            cfg = compose("train", args.overrides)
-        except UserError:
-            raise
-        except Exception as err:  # Hydra/OmegaConf composition errors
+        return compose("train", overrides)
+    except UserError:
+        raise
+    except Exception as err:  # Hydra/OmegaConf composition errors
+        raise UserError(first_lines(err)) from None
 
-            raise UserError(first_lines(err)) from None
-        if args.matmul_size < 1:
-            raise ConfigError(f"--matmul-size: must be positive, got {args.matmul_size}")
-        result = run_benchmark(cfg, steps=args.steps, warmup=args.warmup, sampler_shape=args.sampler_shape,
-                               matmul_size=args.matmul_size, instances=args.instances, e2e_steps=args.e2e)
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_intermixed_args(argv)
+    register_configs()
+    try:
+        if args.time_to_accuracy:
+            result = _time_to_accuracy(args)
+        elif args.reference is not None:
+            raise UserError("--reference: needs --time-to-accuracy (scripts/bench_reference.py compares step times)")
+        else:
+            if args.matmul_size < 1:
+                raise ConfigError(f"--matmul-size: must be positive, got {args.matmul_size}")
+            result = run_benchmark(_compose(args.overrides), steps=args.steps, warmup=args.warmup,
+                                   sampler_shape=args.sampler_shape, matmul_size=args.matmul_size,
+                                   instances=args.instances, e2e_steps=args.e2e)
     except UserError as err:
         exit_with(err)
     if args.json == "-":
         print(dumps(result))
     else:
-        print(format_report(result))
+        print(format_table(result) if args.time_to_accuracy else format_report(result))
         if args.json:
             write_json(args.json, result)
     return result

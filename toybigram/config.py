@@ -41,19 +41,20 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = setting("adamw", "adamw or sgd (presets optim=adamw, optim=sgd set their learning rates)")
-    lr: float = setting(0.01, "learning rate (peak of the schedule)")
+    lr: float = setting(0.03, "learning rate (peak of the schedule)")
     momentum: float = setting(0.9, "sgd momentum")
     beta1: float = setting(0.9, "adamw first-moment decay")
     beta2: float = setting(0.99, "adamw second-moment decay")
-    weight_decay: float = setting(0.0, "decoupled weight decay")
+    weight_decay: float = setting(0.0, "weight decay (adamw: decoupled; sgd: L2 added to the gradient)")
     schedule: str = setting("cosine", "constant, or cosine (decays to optim.min_lr_ratio x lr at the last step)")
-    warmup_steps: int = setting(0, "linear warm-up steps")
+    warmup_steps: int = setting(30, "linear warm-up steps")
     min_lr_ratio: float = setting(0.0, "the cosine schedule's final learning rate, as a share of optim.lr")
+    ffn_lr_scale: float = setting(5.0, "learning-rate multiplier of the feed-forward block W_F, which stores the bigram (1 = one rate for all)")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = setting(1200, "training steps")
+    steps: int = setting(600, "training steps")
     batch_size: int = setting(64, "sequences per step")
     loss: str = setting("all", "all tokens, or incontext only (labels >= 2: a trigger's second and later firings)")
     eval_every: int = setting(50, "evaluate on the held-out batch every this many steps")
@@ -101,8 +102,9 @@ def register_configs() -> None:
     cs.store(group="data", name="dirichlet", node=DataConfig(source="dirichlet", vocab_size=64))
     cs.store(group="data", name="text", node=DataConfig(source="text"))
     cs.store(group="model", name="default", node=ModelConfig())
+    cs.store(group="model", name="bietti", node=ModelConfig(param="bietti", init="random", scale_scores=True))
     cs.store(group="optim", name="adamw", node=OptimConfig())
-    cs.store(group="optim", name="sgd", node=OptimConfig(name="sgd", lr=0.2, momentum=0.9))
+    cs.store(group="optim", name="sgd", node=OptimConfig(name="sgd", lr=0.2, momentum=0.9, warmup_steps=0, ffn_lr_scale=1.0))
     cs.store(group="train", name="default", node=TrainConfig())
     cs.store(group="hydra/help", name="toybigram_train", node=help_template(
         "python -m toybigram.train", "train the associative-memory transformer on bigram data with triggers",

@@ -12,10 +12,16 @@ column vector as W x, so on rows as ``x @ W.T``; a bilinear score x_t^T W x_s is
     logits = W_U^T y_t
 
 The positional encoding (toybigram.positional) supplies p_t or layer 1's scores. Frozen at
-random N(0, 1/d) entries: W_E, W_U, the position tables, every W_V, and W_O of all but the
-last layer. Trainable: W_K of every layer, W_O of the last layer, and the feed-forward
-block of the last layer; zero-initialised by default (the ReLU block's input matrix
-starts random, otherwise no gradient could reach it).
+random values: W_E, W_U, the position tables, every W_V, and W_O of all but the last layer.
+Trainable: W_K of every layer, W_O of the last layer, and the feed-forward block of the
+last layer; zero-initialised by default (the ReLU block's input matrix starts random,
+otherwise no gradient could reach it).
+
+``model.param`` sets the scales of the random values. toybigram: N(0, 1/d) entries for every
+frozen matrix and table, and N(0, 1/fan-in) for a random initialisation. bietti (the
+parametrisation of Bietti et al.'s public code): N(0, 1) token embeddings and positions,
+and torch's nn.Linear law uniform(-1/sqrt(fan-in), 1/sqrt(fan-in)) for W_V, W_O, W_U and
+a random initialisation. Either way every matrix comes from its own (seed, name) stream.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from toybigram.settings_help import setting
 FFN_KINDS = ("none", "linear", "relu")
 APE_EXTENSIONS = ("error", "random", "clamp")
 INITS = ("zero", "random")
+PARAMETRISATIONS = ("toybigram", "bietti")
 MODEL_DTYPES = ("float32", "float64")
 # Hook points the table read of layer 1 does not pass through (see AssociativeTransformer).
 PLAIN_FORWARD_HOOKS = ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z")
@@ -58,6 +65,9 @@ class ModelConfig:
     d_hidden: int = setting(256, "hidden width of the relu block")
     init: str = setting("zero", "initial value of the trainable matrices: zero or random")
     scale_scores: bool = setting(False, "divide attention scores by sqrt(d)")
+    param: str = setting("toybigram", "scales of the random matrices: toybigram (N(0, 1/d)) or bietti (Bietti et al.'s code: "
+                         "N(0, 1) embeddings and positions, nn.Linear's uniform law elsewhere); the preset model=bietti "
+                         "adds model.init=random model.scale_scores=true: their model")
     rope_base: float = setting(10000.0, "base of the rotary frequencies base^(-2i/d)")
     dtype: str = setting("float32", "float32 or float64")
 
@@ -91,6 +101,7 @@ class ModelSpec(ModelConfig):
             ("model.ffn", self.ffn, FFN_KINDS),
             ("model.ape_extension", self.ape_extension, APE_EXTENSIONS),
             ("model.init", self.init, INITS),
+            ("model.param", self.param, PARAMETRISATIONS),
             ("model.dtype", self.dtype, MODEL_DTYPES),
         ):
             choice(value, key, choices)
@@ -109,13 +120,43 @@ class ModelSpec(ModelConfig):
         return names + (["W_F"] if self.ffn != "none" else [])
 
 
+def _stream(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]))
+
+
 def frozen_gaussian(seed: int, name: str, shape: tuple[int, ...], std: float) -> torch.Tensor:
     """N(0, std^2) entries from a stream of their own: (seed, name) fixes them whatever else changes.
 
     Rows are drawn in order, so a longer table of the same name extends a shorter one.
     """
-    stream = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]))
-    return torch.from_numpy(stream.standard_normal(shape) * std)
+    return torch.from_numpy(_stream(seed, name).standard_normal(shape) * std)
+
+
+def frozen_uniform(seed: int, name: str, shape: tuple[int, ...], bound: float) -> torch.Tensor:
+    """uniform(-bound, bound) entries from the (seed, name) stream, as ``frozen_gaussian``."""
+    return torch.from_numpy(_stream(seed, name).uniform(-bound, bound, shape))
+
+
+def table_std(spec: ModelSpec) -> float:
+    """Standard deviation of the token embeddings and position tables: 1/sqrt(d), or 1 for model.param=bietti."""
+    return 1.0 if spec.param == "bietti" else 1 / math.sqrt(spec.d_model)
+
+
+def frozen_matrix(spec: ModelSpec, seed: int, name: str, shape: tuple[int, int]) -> torch.Tensor:
+    """A frozen random map other than the tables (W_V, W_O, W_U; shape (out, in)) in ``spec.param``'s law."""
+    if spec.param == "bietti":
+        return frozen_uniform(seed, name, shape, 1 / math.sqrt(shape[1]))
+    return frozen_gaussian(seed, name, shape, 1 / math.sqrt(spec.d_model))
+
+
+def initial_matrix(spec: ModelSpec, seed: int, name: str, shape: tuple[int, int], random: bool) -> torch.Tensor:
+    """The starting value of a trainable map of shape (out, in): zeros, or random in ``spec.param``'s law
+    (N(0, 1/in), or uniform(-1/sqrt(in), 1/sqrt(in)) as nn.Linear draws it)."""
+    if not random:
+        return torch.zeros(shape)
+    if spec.param == "bietti":
+        return frozen_uniform(seed, name, shape, 1 / math.sqrt(shape[1]))
+    return frozen_gaussian(seed, name, shape, 1 / math.sqrt(shape[1]))
 
 
 class Attention(nn.Module):
@@ -127,16 +168,14 @@ class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, layer: int, seed: int, positional: PositionalEncoding | None,
                  trainable_output: bool):
         super().__init__()
-        d = spec.d_model
+        d, random_init = spec.d_model, spec.init == "random"
         self.spec, self.positional = spec, positional
-        std = 1 / math.sqrt(d)
-        init_key = frozen_gaussian(seed, f"init.W_K{layer}", (d, d), std) if spec.init == "random" else torch.zeros(d, d)
-        self.W_K = nn.Parameter(init_key)
-        self.register_buffer("W_V", frozen_gaussian(seed, f"W_V{layer}", (d, d), std))
+        self.W_K = nn.Parameter(initial_matrix(spec, seed, f"init.W_K{layer}", (d, d), random_init))
+        self.register_buffer("W_V", frozen_matrix(spec, seed, f"W_V{layer}", (d, d)))
         if trainable_output:
-            self.W_O = nn.Parameter(frozen_gaussian(seed, f"init.W_O{layer}", (d, d), std) if spec.init == "random" else torch.zeros(d, d))
+            self.W_O = nn.Parameter(initial_matrix(spec, seed, f"init.W_O{layer}", (d, d), random_init))
         else:
-            self.register_buffer("W_O", frozen_gaussian(seed, f"W_O{layer}", (d, d), std))
+            self.register_buffer("W_O", frozen_matrix(spec, seed, f"W_O{layer}", (d, d)))
         self.hook_attn_scores = HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
@@ -173,10 +212,10 @@ class FeedForward(nn.Module):
         self.kind = spec.ffn
         random_init = spec.init == "random"
         if self.kind == "linear":
-            self.W_F = nn.Parameter(frozen_gaussian(seed, "init.W_F", (d, d), 1 / math.sqrt(d)) if random_init else torch.zeros(d, d))
+            self.W_F = nn.Parameter(initial_matrix(spec, seed, "init.W_F", (d, d), random_init))
         else:
-            self.W_in = nn.Parameter(frozen_gaussian(seed, "init.W_in", (h, d), 1 / math.sqrt(d)))
-            self.W_out = nn.Parameter(frozen_gaussian(seed, "init.W_out", (d, h), 1 / math.sqrt(h)) if random_init else torch.zeros(d, h))
+            self.W_in = nn.Parameter(initial_matrix(spec, seed, "init.W_in", (h, d), random=True))
+            self.W_out = nn.Parameter(initial_matrix(spec, seed, "init.W_out", (d, h), random_init))
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()
 
@@ -237,9 +276,9 @@ class AssociativeTransformer(HookedModule):
         self.positional = positional_encoding(spec.pos)
         self.table_read = True
         N, d, L = spec.vocab_size, spec.d_model, spec.max_len
-        std = 1 / math.sqrt(d)
+        std = table_std(spec)
         self.register_buffer("W_E", frozen_gaussian(seed, "W_E", (N, d), std))  # rows w_E(k)
-        self.register_buffer("W_U", frozen_gaussian(seed, "W_U", (N, d), std).T.contiguous())  # columns w_U(k)
+        self.register_buffer("W_U", frozen_matrix(spec, seed, "W_U", (N, d)).T.contiguous())  # columns w_U(k)
         for name in self.positional.tables:
             self.register_buffer(name, frozen_gaussian(seed, name, (L, d), std))
         self._extended_tables: dict[str, torch.Tensor] = {}
@@ -262,7 +301,7 @@ class AssociativeTransformer(HookedModule):
         rows come first: a table's stream extends a shorter one)."""
         table = self._extended_tables.get(name)
         if table is None or table.shape[0] < rows:
-            drawn = frozen_gaussian(self.seed, name, (rows, self.d_model), 1 / math.sqrt(self.d_model))
+            drawn = frozen_gaussian(self.seed, name, (rows, self.d_model), table_std(self.spec))
             table = self._extended_tables[name] = drawn.to(getattr(self, name))
         return table[:rows]
 

@@ -54,7 +54,12 @@ PROGRESS_SECONDS = 10.0  # longest silence between progress lines when the outpu
 
 
 def make_optimizer(model: AssociativeTransformer, optim: DictConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD or AdamW over the trainable matrices; the feed-forward block's group runs at ``ffn_lr_scale`` x the rate."""
+    groups = model.trainable_groups()
+    ffn = [p for p in groups.pop("W_F", []) if p.requires_grad]
+    params = [{"params": [p for ps in groups.values() for p in ps if p.requires_grad], "lr_scale": 1.0}]
+    if ffn:
+        params.append({"params": ffn, "lr_scale": float(optim.ffn_lr_scale)})
     if optim.name == "sgd":
         return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
@@ -169,8 +174,9 @@ class TrainingStep:
     def update(self, batches: list[Batch], step: int, skip: frozenset[int] = frozenset()) -> list[float]:
         """Update ``step`` of every run on the given batches (one per run)."""
         for optim, parts in zip(self.optims, self.parts):
+            rate = learning_rate(optim, step, self.train.steps)
             for group in parts.optimizer.param_groups:
-                group["lr"] = learning_rate(optim, step, self.train.steps)
+                group["lr"] = rate * group["lr_scale"]
         losses = self.losses(batches)
         for parts in self.parts:
             parts.optimizer.zero_grad(set_to_none=True)

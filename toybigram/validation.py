@@ -71,6 +71,7 @@ def _check_optim(optim: DictConfig) -> None:
     choice(optim.schedule, "optim.schedule", SCHEDULES)
     integer(optim.warmup_steps, "optim.warmup_steps", 0)
     number(optim.min_lr_ratio, "optim.min_lr_ratio", at_least=0, at_most=1)
+    number(optim.ffn_lr_scale, "optim.ffn_lr_scale", above=0)
 
 
 def _check_train(cfg: DictConfig, spec: ModelSpec) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from experiments.figure import PROMPT_SEED, Figure, Input
-from experiments.plotting import plt
+from experiments.plotting import colorbar, finish, plt
 from experiments.runs import Collected, lowest_seed
 from experiments.tables import read_table
 from toybigram.checkpoint import load_run
@@ -49,7 +49,7 @@ def plot(data: Path):
     prompt = sorted(read_table(data, "fig2_prompt"), key=lambda r: r["t"])
     T = len(prompt)
     incontext = [r["t"] for r in prompt if r["label"] >= 2]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
     for ax, layer, title in ((axes[0], 1, "layer 1 (previous-token head)"), (axes[1], 2, "layer 2 (induction head)")):
         A = np.full((T, T), np.nan)
         for c in cells:
@@ -57,15 +57,15 @@ def plot(data: Path):
                 A[c["t"], c["s"]] = c["weight"]
         im = ax.imshow(A, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         # in-context positions: the target at t+1 is a trigger's repeat, i.e. the query at t is labelled >= 2
-        ax.scatter([-1.5] * len(incontext), incontext, marker=">", color="red", s=10, clip_on=False)
-        ax.set_xlim(-2, T - 0.5)
-        ax.set_title(f"{title}\nred: in-context query positions ({len(incontext)})", fontsize=9)
+        margin = max(1.5, T / 25)
+        ax.scatter([-margin] * len(incontext), incontext, marker=">", color="red", s=28, clip_on=False, zorder=3)
+        ax.set_xlim(-margin - 1, T - 0.5)
+        ax.set_title(f"{title}\nred arrows: in-context query positions ({len(incontext)})")
         ax.set_xlabel("key position s")
         ax.set_ylabel("query position t")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"attention on one prompt of length {T} (seed {prompt[0]['seed']})", fontsize=10)
-    fig.tight_layout()
-    return fig
+        colorbar(fig, im, ax, "attention weight a(t, s)", fraction=0.046)
+    fig.suptitle(f"attention of both layers on one prompt of length {T} (seed {prompt[0]['seed']})")
+    return finish(fig, data, FIGURE.name, f"shown: seed {prompt[0]['seed']}, the prompt of 16 from the training distribution with the most in-context positions")
 
 
 FIGURE = Figure("fig2", "fig2_attention", plot, inputs=(Input("fig1_dynamics", "attention", attention_map),), tables=tables)

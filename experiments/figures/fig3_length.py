@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from experiments.figure import PROMPT_SEED, Figure, Input
-from experiments.plotting import band, plt, seeds_note
+from experiments.plotting import UNIT, band, finish, plt, seeds_note
 from experiments.runs import Collected
 from experiments.tables import read_table, summarise
 from toybigram.checkpoint import load_run
@@ -20,6 +20,7 @@ from toybigram.theory.prompts import length_prompts
 
 EXPERIMENTS = ("fig3_length", "fig3_length_nope")
 ORDER = ["ape", "rpe", "rope", "nope"]
+LABELS = {"ape": "APE", "rpe": "RPE", "rope": "RoPE", "nope": "NoPE (3 layers)"}  # the same names in both panels
 
 
 @torch.no_grad()
@@ -62,41 +63,43 @@ def tables(c: dict[str, Collected]) -> dict[str, list[dict]]:
 def _accuracy(ax, acc, variants):
     for i, pos in enumerate(variants):
         rows = sorted((r for r in acc if r["pos"] == pos), key=lambda r: r["ratio"])
-        band(ax, [r["ratio"] for r in rows], rows, "acc_incontext", label=pos if pos != "nope" else "nope (3 layers)", color=f"C{i}")
+        band(ax, [r["ratio"] for r in rows], rows, "acc_incontext", label=LABELS[pos], color=f"C{i}", limits=UNIT)
         ax.scatter([r["ratio"] for r in rows], [r["acc_incontext_mean"] for r in rows], color=f"C{i}", s=12)
     ax.set_xscale("log", base=2)
+    ratios = sorted({r["ratio"] for r in acc})
+    ax.set_xticks(ratios, [f"{x:g}" for x in ratios])
+    ax.minorticks_off()
     ax.axvline(1, color="k", lw=0.6, ls=":")
     T_train = acc[0]["T_train"] if acc else "?"
     ax.set_xlabel(f"test length / training length (T_train = {T_train})")
     ax.set_ylabel("in-context accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"(a) in-context accuracy ({seeds_note(acc, 'acc_incontext')}, 95% CI)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title(f"(a) in-context accuracy by test length ({seeds_note(acc, 'acc_incontext')})")
+    ax.legend()
 
 
 def _previous_token(ax, attn, variants):
     for i, pos in enumerate(variants):
         rows = sorted((r for r in attn if r["pos"] == pos), key=lambda r: r["position"])
         if rows:
-            band(ax, [r["position"] for r in rows], rows, "attn_prev", label=pos, color=f"C{i}")
+            band(ax, [r["position"] for r in rows], rows, "attn_prev", label=LABELS[pos], color=f"C{i}", limits=UNIT)
     if attn:
         ax.axvline(attn[0]["T_train"], color="k", lw=0.6, ls=":")
-        ax.set_title(f"(b) layer-1 attention on the previous token, prompts of length {attn[0]['T_test']}", fontsize=9)
+        ax.set_title(f"(b) layer-1 attention on the previous token\nprompts of length {attn[0]['T_test']}")
     ax.set_xlabel("query position t (dotted: training length)")
     ax.set_ylabel("a1(t, t-1)")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    ax.legend()
 
 
 def plot(data: Path):
     acc = read_table(data, "fig3_length_acc")
     attn = read_table(data, "fig3_length_attn")
     variants = [p for p in ORDER if any(r["pos"] == p for r in acc)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     _accuracy(axes[0], acc, variants)
     _previous_token(axes[1], attn, variants)
-    fig.tight_layout()
-    return fig
+    return finish(fig, data, FIGURE.name, "bands: 95% t-interval over seeds, clipped to [0, 1]")
 
 
 FIGURE = Figure("fig3", "fig3_length", plot, tables=tables,

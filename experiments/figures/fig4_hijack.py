@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from experiments.figure import PROMPT_SEED, Figure, Input
-from experiments.plotting import finite, plt
+from experiments.plotting import caption, colorbar, finite, plt, run_caption, seeds_note
 from experiments.runs import Collected
 from experiments.tables import read_table, summarise
 from toybigram.checkpoint import load_run
@@ -83,6 +83,19 @@ def tables(c: dict[str, Collected]) -> dict[str, list[dict]]:
             "fig4_threshold": summarise(thr, ["T"], ["c_star_closed_form", "c_star_model", "c_star_theory"])}
 
 
+def _thresholds(ax, thr, judge, cs):
+    """The closed-form and the 50%-crossing thresholds c*(T); a triangle above the grid where a threshold is off it."""
+    x = list(range(len(thr)))
+    for col, lab, ls, color, shift in (("c_star_closed_form", "c*(T) closed form", "-", "k", -0.12),
+                                       (f"c_star_{judge}", "c*(T) where the share crosses 1/2", "--", "orange", 0.12)):
+        y = [r[f"{col}_mean"] if finite(r[f"{col}_mean"]) else math.nan for r in thr]
+        ax.plot(x, y, ls=ls, color=color, marker="o", ms=4, label=lab)
+        off = [i for i, v in zip(x, y) if not finite(v)]
+        if off:
+            ax.scatter([i + shift for i in off], [max(cs) + 0.95] * len(off), marker="^", color=color, s=45, clip_on=False,
+                       label=f"{lab.split(' ', 1)[1]}: above the grid or never")
+
+
 def _phase(ax, cells, thr, judge, title, Ts, cs):
     """One judge's share as a heatmap over (T, c), with the closed-form and the 50%-crossing thresholds."""
     M = np.full((len(cs), len(Ts)), np.nan)
@@ -90,19 +103,12 @@ def _phase(ax, cells, thr, judge, title, Ts, cs):
         M[cs.index(r["c"]), Ts.index(r["T"])] = r[f"share_{judge}_mean"]
     im = ax.imshow(M, origin="lower", aspect="auto", cmap="RdBu_r", vmin=0, vmax=1,
                    extent=(-0.5, len(Ts) - 0.5, min(cs) - 0.5, max(cs) + 0.5))
-    x = list(range(len(Ts)))
-    for col, lab, ls, color in (("c_star_closed_form", "c*(T) closed form", "-", "k"),
-                                (f"c_star_{judge}", "c*(T) 50% crossing", "--", "orange")):
-        y = [r[f"{col}_mean"] if finite(r[f"{col}_mean"]) else math.nan for r in thr]
-        ax.plot(x, y, ls=ls, color=color, marker="o", ms=3, label=lab)
-        off = [i for i, v in zip(x, y) if not finite(v)]
-        if off:
-            ax.scatter(off, [max(cs) + 0.3] * len(off), marker="^", color=color, s=25, clip_on=False)
-    ax.set_xticks(x)
+    _thresholds(ax, thr, judge, cs)
+    ax.set_ylim(min(cs) - 0.5, max(cs) + 0.5)  # the triangles sit above the grid, outside the axes
+    ax.set_xticks(range(len(Ts)))
     ax.set_xticklabels([str(t) for t in Ts])
     ax.set_xlabel("prompt length T")
-    ax.set_title(f"{title}: share of prompts where o beats b*", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"{title}: does o beat b*?", pad=18)
     return im
 
 
@@ -111,14 +117,19 @@ def plot(data: Path):
     thr = sorted(read_table(data, "fig4_threshold"), key=lambda r: r["T"])
     Ts = sorted({r["T"] for r in cells})
     cs = sorted({r["c"] for r in cells})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for ax, judge, title in ((axes[0], "model", "model"), (axes[1], "theory", "calculator")):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
+    for ax, judge, title in ((axes[0], "model", "(a) model"), (axes[1], "theory", "(b) calculator")):
         im = _phase(ax, cells, thr, judge, title, Ts, cs)
     axes[0].set_ylabel("in-context count c of 'q o'")
-    fig.colorbar(im, ax=axes, fraction=0.03)
     T_train = cells[0]["T_train"] if cells else "?"
-    fig.suptitle(f"knowledge hijack (rpe, trained at T={T_train}); triangles: threshold above the grid or none", fontsize=10)
-    fig.subplots_adjust(left=0.07, right=0.88, bottom=0.13, top=0.86, wspace=0.08)  # manual: the colorbar spans both axes
+    fig.suptitle(f"knowledge hijack, RPE model trained at T={T_train}\n"
+                 "c copies of the pair q o in a prompt of length T; b* = the bigram favourite after q")
+    fig.subplots_adjust(left=0.07, right=0.87, bottom=0.3, top=0.8, wspace=0.08)  # manual: the colorbar spans both axes
+    colorbar(fig, im, axes, "share of prompts where logit o > logit b*", fraction=0.03)
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, bbox_to_anchor=(0.47, 0.07))
+    seeds = seeds_note(cells, "share_model")
+    caption(fig, run_caption(data, FIGURE.name, f"colour and thresholds: means over {seeds.removeprefix('n=')}; white: no room for c pairs in T"), layout=False)
     return fig
 
 

@@ -6,13 +6,15 @@ and fig5_width.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from experiments.figure import PROMPT_SEED, Build, Figure, Input
-from experiments.plotting import band, plt, seeds_note
+from experiments.plotting import UNIT, band, finish, finite, plt, seeds_note
 from experiments.runs import MISSING, Collected, Problem, Run, lowest_seed
 from experiments.sweeps import Setup
 from experiments.tables import read_table, summarise
@@ -30,7 +32,8 @@ FAMILIES = ["length", "hijack", "compete", "dilution"]
 HIJACK_COUNTS = (0, 1, 2, 4, 6)
 WIDTH_BUILDS = "fig5_width"
 # Ideal builds of Figure 5b, per profile: widths, vocabulary, prompt length, seeds.
-WIDTHS = {"quick": dict(d=[64, 128, 256, 512, 1024, 2048], N=16, T=64, seeds=[0, 1, 2]),
+WIDTHS = {"smoke": dict(d=[32, 64], N=8, T=16, seeds=[0]),
+          "quick": dict(d=[64, 128, 256, 512, 1024, 2048], N=16, T=64, seeds=[0, 1, 2]),
           "paper": dict(d=[256, 512, 1024, 2048, 4096], N=65, T=128, seeds=[0, 1, 2])}
 
 
@@ -157,16 +160,54 @@ def tables(c: dict[str, Collected]) -> dict[str, list[dict]]:
 
 def _agreement_by_width(ax, width):
     d = [r["d"] for r in width]
-    band(ax, d, width, "r2_idealised", label="idealised calculator", color="C0")
-    band(ax, d, width, "r2_read", label="strengths read from the weights", color="C2")
-    band(ax, d, width, "top1_idealised", label="top-1 agreement (idealised)", color="C0", ls="--")
-    band(ax, d, width, "top1_read", label="top-1 agreement (read)", color="C2", ls="--")
+    band(ax, d, width, "r2_idealised", label="R², idealised", color="C0", limits=(-math.inf, 1.0))
+    band(ax, d, width, "r2_read", label="R², read", color="C2", limits=(-math.inf, 1.0))
+    band(ax, d, width, "top1_idealised", label="top-1, idealised", color="C0", ls="--", limits=UNIT)
+    band(ax, d, width, "top1_read", label="top-1, read", color="C2", ls="--", limits=UNIT)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("width d (ideal builds)")
-    ax.set_ylabel("centred-logit R^2 / top-1 agreement")
-    N = width[0]["N"] if width else "?"
-    ax.set_title(f"agreement vs d, N={N} ({seeds_note(width, 'r2_idealised')})", fontsize=8)
-    ax.legend(fontsize=6)
+    ax.set_xticks(d, [str(x) for x in d])
+    ax.minorticks_off()
+    ax.set_xlabel("width d (ideal-memory builds)")
+    ax.set_ylabel("centred-logit R² / top-1 agreement")
+    N, T = (width[0]["N"], width[0]["T"]) if width else ("?", "?")
+    ax.set_title(f"(e) agreement vs width d (N={N}, T={T}, {seeds_note(width, 'r2_idealised')})\n"
+                 "idealised: the strengths built in; read: read back from the weights")
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom - 0.2 * (top - bottom), top)  # room for the legend under the curves
+    ax.legend(fontsize=8, loc="lower center", ncol=2)
+
+
+def _scatter(ax, pts, stats, label):
+    """Calculator against model centred logits of one family, on equal axes with the line y = x."""
+    x, y = [p["predicted"] for p in pts], [p["measured"] for p in pts]
+    ax.scatter(x, y, s=5, alpha=0.35, lw=0)
+    lo, hi = (min(x + y), max(x + y)) if x else (-1.0, 1.0)
+    pad = 0.05 * (hi - lo)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="k", lw=0.8, label="y = x")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal")
+    ax.set_title(f"{label}: R² = {stats['r2_mean']:.2f} ± {stats['r2_ci']:.2f}, top-1 {stats['top1_mean']:.2f}")
+    ax.set_xlabel("calculator (centred logit)")
+    ax.set_ylabel("model (centred logit)")
+    ax.legend(loc="upper left")
+
+
+def _by_family(ax, r2, fams):
+    """R² and top-1 agreement per family (mean over seeds, 95% interval clipped to the range)."""
+    x = np.arange(len(fams))
+    for shift, key, label in ((-0.2, "r2", "centred-logit R²"), (0.2, "top1", "top-1 agreement")):
+        mean = [r2[f][f"{key}_mean"] for f in fams]
+        ci = [r2[f][f"{key}_ci"] if finite(r2[f][f"{key}_ci"]) else 0.0 for f in fams]
+        low = [m - max(m - c, -math.inf if key == "r2" else 0.0) for m, c in zip(mean, ci)]
+        high = [min(m + c, 1.0) - m for m, c in zip(mean, ci)]
+        ax.bar(x + shift, mean, width=0.4, yerr=[low, high], capsize=3, label=label)
+    ax.set_xticks(x, fams)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("agreement with the model")
+    ax.set_title(f"(f) agreement by prompt family ({seeds_note(list(r2.values()), 'r2')})")
+    ax.legend(loc="upper center", ncol=2)
 
 
 def plot(data: Path):
@@ -174,22 +215,15 @@ def plot(data: Path):
     r2 = {r["family"]: r for r in read_table(data, "fig5_r2")}
     width = sorted(read_table(data, "fig5_width"), key=lambda r: r["d"])
     fams = [f for f in FAMILIES if f in r2]
-    fig, axes = plt.subplots(1, len(fams) + 1, figsize=(3.2 * (len(fams) + 1), 3.4))
-    for ax, fam in zip(axes, fams):
-        pts = [r for r in scatter if r["family"] == fam]
-        x, y = [p["predicted"] for p in pts], [p["measured"] for p in pts]
-        ax.scatter(x, y, s=3, alpha=0.35)
-        if x:
-            lo, hi = min(x + y), max(x + y)
-            ax.plot([lo, hi], [lo, hi], color="k", lw=0.6)
-        s = r2[fam]
-        ax.set_title(f"{fam}: R^2 = {s['r2_mean']:.2f} +/- {s['r2_ci']:.2f}\ntop-1 {s['top1_mean']:.2f} ({seeds_note([s], 'r2')})", fontsize=8)
-        ax.set_xlabel("calculator (centred logit)")
-    axes[0].set_ylabel("model (centred logit)")
-    _agreement_by_width(axes[-1], width)
-    fig.tight_layout()
-    return fig
+    fig, axes = plt.subplots(2, 3, figsize=(14, 9.5))
+    for ax, fam, letter in zip(axes.flat, fams, "abcd"):
+        _scatter(ax, [r for r in scatter if r["family"] == fam], r2[fam], f"({letter}) {fam}")
+    for ax in list(axes.flat)[len(fams):4]:
+        ax.axis("off")
+    _agreement_by_width(axes.flat[4], width)
+    _by_family(axes.flat[5], r2, fams)
+    return finish(fig, data, FIGURE.name, "scatters: a subsample of the lowest seed's rows; R² and top-1: mean ± 95% t-interval over seeds")
 
 
 FIGURE = Figure("fig5", "fig5_theory", plot, inputs=(Input("fig1_dynamics", "theory", theory_families),), tables=tables,
-                builds=(Build(WIDTH_BUILDS, make_widths, collect_widths),))
+                builds=(Build(WIDTH_BUILDS, make_widths, collect_widths, kind="ideal-memory builds"),))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from experiments.figure import Figure, Input
-from experiments.plotting import band, plt
+from experiments.plotting import band, colorbar, finish, finite, plt, seeds_note
 from experiments.runs import Collected, lowest_seed
 from experiments.tables import read_table, summarise
 from toybigram.checkpoint import load_run
@@ -87,8 +87,8 @@ def _matrix(rows, name):
     return M
 
 
-def _memory(fig, ax, mats, name, label, s):
-    """Heatmap of one learned memory matrix, with its diagonal-minus-off-diagonal statistic."""
+def _memory(fig, ax, mats, name, s, what):
+    """Heatmap of one learned memory matrix, with its diagonal-minus-off-diagonal statistic in the title."""
     if not any(r["matrix"] == name for r in mats):
         ax.text(0.5, 0.5, "no runs", ha="center", transform=ax.transAxes)
         return
@@ -96,9 +96,11 @@ def _memory(fig, ax, mats, name, label, s):
     lim = np.abs(M).max() or 1.0
     im = ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
     key = f"{name}_diag_minus_off"
-    extra = f"\ndiag - off-diag = {s[key + '_mean']:.2f} +/- {s[key + '_ci']:.2f}" if s else ""
-    ax.set_title(f"{label} (ideal: diagonal){extra}", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    title, rows, cols, value = what
+    ax.set_title(title + (f"\ndiagonal - off-diagonal = {s[key + '_mean']:.2f} ± {s[key + '_ci']:.2f}" if s else "") + " (ideal: diagonal)")
+    ax.set_ylabel(rows)
+    ax.set_xlabel(cols)
+    colorbar(fig, im, ax, value, fraction=0.046)
 
 
 def _alpha(ax, alpha, pos, kind, xlabel):
@@ -106,15 +108,44 @@ def _alpha(ax, alpha, pos, kind, xlabel):
     rows = sorted((r for r in alpha if r["pos"] == pos), key=lambda r: r["index"])
     if kind == "offset":
         rows = rows[: min(len(rows), 16)]
-    band(ax, [r["index"] for r in rows], rows, "alpha", color="C0")
+    band(ax, [r["index"] for r in rows], rows, "alpha", color="C0", label="learned (mean over seeds)")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("alpha (score of s = t-1 over the others)" if kind == "position" else "score relative to the mean")
-    ax.set_title(f"{pos}: previous-token strength by {kind}" + ("\n(ideal: one peak at offset 1)" if kind == "offset" else "\n(ideal: >~ log t)"), fontsize=8)
+    ax.set_title(f"({'d' if kind == 'position' else 'e'}) {pos.upper()}: previous-token strength by {kind}"
+                 + ("\n(ideal: one peak at offset 1)" if kind == "offset" else "\n(ideal: at least about log t)"))
     if kind == "position" and rows:
         t = np.arange(1, len(rows))
         ax.plot(t, np.log(t), color="k", ls=":", lw=1, label="log t")
-        ax.legend(fontsize=7)
+    ax.legend()
+
+
+def _bigram(ax, bigram, s):
+    """The learned global map against the ideal one, on equal axes with y = x."""
+    x, y = [r["log_pi"] for r in bigram], [r["g"] for r in bigram]
+    ax.scatter(x, y, s=6, alpha=0.5, lw=0)
+    lo, hi = (min(x + y), max(x + y)) if x else (-1.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="y = x (ideal)")
+    ax.set_aspect("equal")
+    ax.set_title("(c) global map g against log pi_b (both centred)" + (f"\nPearson r = {s['g_pearson_mean']:.2f} ± {s['g_pearson_ci']:.2f}" if s else ""))
+    ax.set_xlabel("log pi_b(j|i), ideal")
+    ax.set_ylabel("learned g(j|i)")
+    ax.legend(loc="upper left")
+
+
+def _diagonality(ax, stats):
+    """How diagonal each memory is, per position scheme: mean diagonal minus mean off-diagonal entry."""
+    schemes = sorted(stats)
+    x = np.arange(len(schemes))
+    for shift, key, label in ((-0.2, "lambda", "induction key lambda"), (0.2, "beta", "copy beta")):
+        mean = [stats[p][f"{key}_diag_minus_off_mean"] for p in schemes]
+        ci = [stats[p][f"{key}_diag_minus_off_ci"] if finite(stats[p][f"{key}_diag_minus_off_ci"]) else 0.0 for p in schemes]
+        ax.bar(x + shift, mean, width=0.4, yerr=ci, capsize=3, label=label)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(x, [p.upper() for p in schemes])
+    ax.set_ylabel("mean diagonal - mean off-diagonal")
+    ax.set_title(f"(f) diagonality of the memories ({seeds_note(list(stats.values()), 'lambda_diag_minus_off')})\n0: no diagonal structure")
+    ax.legend()
 
 
 def plot(data: Path):
@@ -122,19 +153,15 @@ def plot(data: Path):
     bigram = read_table(data, "fig6_bigram")
     alpha = read_table(data, "fig6_alpha")
     stats = {r["pos"]: r for r in read_table(data, "fig6_stats")}
-    fig, axes = plt.subplots(1, 5, figsize=(18, 3.6))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
     s = stats.get("ape")
-    _memory(fig, axes[0], mats, "lambda", "induction key lambda[k, j]\n(query k, previous token j)", s)
-    _memory(fig, axes[1], mats, "beta", "copy beta[j, k]\n(output j, attended k)", s)
-    ax = axes[2]
-    ax.scatter([r["log_pi"] for r in bigram], [r["g"] for r in bigram], s=4, alpha=0.5)
-    ax.set_title(f"global map g vs log pi_b (centred)\nPearson r = {s['g_pearson_mean']:.2f} +/- {s['g_pearson_ci']:.2f}" if s else "g vs log pi_b", fontsize=8)
-    ax.set_xlabel("log pi_b(j|i) (ideal)")
-    ax.set_ylabel("learned g(j|i)")
-    _alpha(axes[3], alpha, "ape", "position", "position t")
-    _alpha(axes[4], alpha, "rpe", "offset", "offset t - s")
-    fig.tight_layout()
-    return fig
+    _memory(fig, axes[0, 0], mats, "lambda", s, ("(a) induction key lambda[k, j]", "query token k", "previous token j", "lambda[k, j]"))
+    _memory(fig, axes[0, 1], mats, "beta", s, ("(b) copy beta[j, k]", "output token j", "attended token k", "beta[j, k]"))
+    _bigram(axes[0, 2], bigram, s)
+    _alpha(axes[1, 0], alpha, "ape", "position", "position t")
+    _alpha(axes[1, 1], alpha, "rpe", "offset", "offset t - s")
+    _diagonality(axes[1, 2], stats)
+    return finish(fig, data, FIGURE.name, "(a)-(c): the lowest seed of the APE runs; statistics and curves: mean ± 95% t-interval over seeds")
 
 
 FIGURE = Figure("fig6", "fig6_memories", plot, tables=tables,

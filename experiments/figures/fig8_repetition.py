@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.figure import Figure
-from experiments.plotting import plt
+from experiments.plotting import caption as place_caption, plt
 from experiments.tables import read_table
 from toybigram.repetition.plots import draw_effect_vs_damage, draw_perplexity, draw_rates
 
@@ -34,26 +34,22 @@ def plot(data: Path):
     damage = read_table(data, f"{NAME}_damage")
     layers = read_table(data, f"{NAME}_layers")
     setting = {r["key"]: r["value"] for r in read_table(data, f"{NAME}_setting")}
-    fig = plt.figure(figsize=(11, 8.6))
-    grid = fig.add_gridspec(3, 2, height_ratios=[1, 1, 0.09])
-    ax, bx, cx, dx = (fig.add_subplot(grid[i, j]) for i in range(2) for j in range(2))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.4))
+    ax, bx, cx, dx = axes.flat
     draw_rates(ax, loops, EXPERIMENT)
-    ax.set_title("(a) loops left after deactivating K neurons", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("(a) loops left after deactivating K neurons")
+    ax.legend(loc="lower left")
     if ppl:
         draw_perplexity(bx, ppl, EXPERIMENT)
-    bx.set_title("(b) perplexity cost of the same edits", fontsize=9)
+    bx.set_title("(b) perplexity cost of the same edits")
     if damage:
         draw_effect_vs_damage(cx, damage, EXPERIMENT)
-    cx.set_title("(c) loops removed against perplexity cost (labels: K of the top set, from 250)", fontsize=9)
+    cx.set_title("(c) loops removed against perplexity cost (labels: K of the top set, from 250)")
     dx.bar([r["layer"] for r in layers], [r["count"] for r in layers], color="C3")
     dx.set_xlabel("layer")
     dx.set_ylabel(f"neurons in the top {100 * float(setting['top_fraction']):.1f}% by delta")
-    dx.set_title("(d) where the top repetition neurons sit", fontsize=9)
-    note = fig.add_subplot(grid[2, :])
-    note.axis("off")
-    note.text(0, 0.5, caption(setting), fontsize=7.5, wrap=True, va="center", transform=note.transAxes)
-    fig.tight_layout()
+    dx.set_title("(d) where the top repetition neurons sit")
+    place_caption(fig, caption(setting) + " Colours as in (a).", lines=3)
     return fig
 
 

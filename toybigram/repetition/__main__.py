@@ -34,6 +34,7 @@ from toybigram.repetition.generation import collect
 from toybigram.repetition.interventions import Condition
 from toybigram.repetition.models import ModelFacts, load_subject, precheck_model, resolve_device
 from toybigram.repetition.neurons import check_k, delta_scores, make_edit, rank
+from toybigram.repetition.progress import StudyProgress
 from toybigram.repetition.selections import NeuronSets, check_selections
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def validate(cfg: DictConfig) -> None:
     require(p.max_tokens is None or p.max_tokens >= p.seq_len, "perplexity.max_tokens", "must be at least perplexity.seq_len (or null for the whole text)")
     check_selections(iv.selections, "intervene.selections")
     require(p.random_draws >= 1, "perplexity.random_draws", "must be at least 1")
+    require(cfg.progress_every_s > 0, "progress_every_s", f"must be positive, got {cfg.progress_every_s}")
     resolve_device(cfg.device)
     if cfg.threads is not None:
         require(cfg.threads >= 1, "threads", f"must be at least 1, got {cfg.threads}")
@@ -123,18 +125,6 @@ def check_sizes(cfg: DictConfig, facts: ModelFacts, name: str = "the model") -> 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Bars:
-    """tqdm bars on stderr, or nothing."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __call__(self, total: int, desc: str, unit: str = "text", initial: int = 0):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not self.enabled, dynamic_ncols=True, leave=False)
 
 
 def split_texts(rows: list[dict], cfg: DictConfig) -> list[dict]:
@@ -335,30 +325,43 @@ def timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 
 def study(cfg: DictConfig, run_dir: Path) -> dict:
-    """Every stage in order, then summary.json; returns the summary."""
+    """Every stage in order, each named as it starts, then summary.json; returns the summary."""
+    n_stages = 4 + bool(cfg.perplexity.enabled) + bool(cfg.figures)
+    with StudyProgress(n_stages, cfg.progress, cfg.progress_every_s) as progress:
+        return run_stages(cfg, run_dir, progress)
+
+
+def run_stages(cfg: DictConfig, run_dir: Path, progress: StudyProgress) -> dict:
+    """The stages of ``study``, each inside ``progress.stage`` with its size in its name."""
     device = resolve_device(cfg.device)
-    bars = Bars(cfg.progress)
-    timings: dict[str, float] = {}
+    c, timings = cfg.collect, {}
     t0 = time.perf_counter()
-    with timed(timings, "load_s"):
+    model = cfg.lm.kind if not cfg.lm.path else f"{cfg.lm.kind} {cfg.lm.path}"
+    with progress.stage(f"loading the model ({model})"), timed(timings, "load_s"):
         subject = load_subject(cfg.lm, device)
         check_sizes(cfg, ModelFacts(subject.n_neurons, subject.max_len), subject.name)  # also when called without precheck
         if cfg.overwrite and not cfg.resume:
             for name in (runio.SUMMARY_FILE, TEXTS_PARTIAL, TEXTS, SCORES, INTERVENTIONS_PARTIAL, PERPLEXITY_PARTIAL):
                 (run_dir / name).unlink(missing_ok=True)
-    with timed(timings, "collect_s"):
-        texts = stage_collect(cfg, subject, run_dir, bars)
-    with timed(timings, "capture_s"):
-        scores = stage_scores(cfg, subject, [r for r in texts if r["split"] == "rank"], run_dir, bars)
-    draws = max(cfg.intervene.random_draws, cfg.perplexity.random_draws)
-    sets = NeuronSets.build(scores["ranking"], subject.site_sizes, draws, cfg.seed)
-    with timed(timings, "interventions_s"):
-        tables = stage_intervention_tables(cfg, subject, texts, sets, run_dir, bars)
+    with progress.stage(f"collecting up to {c.max_texts} texts ({c.n_rank + c.n_heldout} repetitive and {c.n_plain} "
+                        f"plain needed)"), timed(timings, "collect_s"):
+        texts = stage_collect(cfg, subject, run_dir, progress)
+    rank_texts = [r for r in texts if r["split"] == "rank"]
+    with progress.stage(f"ranking neurons on {len(rank_texts)} texts"), timed(timings, "capture_s"):
+        scores = stage_scores(cfg, subject, rank_texts, run_dir, progress)
+    with progress.stage(f"interventions on {sum(r['split'] == 'heldout' for r in texts)} held-out and "
+                        f"{sum(r['split'] == 'plain' for r in texts)} plain prompts"), timed(timings, "interventions_s"):
+        draws = max(cfg.intervene.random_draws, cfg.perplexity.random_draws)
+        sets = NeuronSets.build(scores["ranking"], subject.site_sizes, draws, cfg.seed)
+        tables = stage_intervention_tables(cfg, subject, texts, sets, run_dir, progress)
     ppl = {"source": None, "tokens": 0, "table": None}
     if cfg.perplexity.enabled:
-        with timed(timings, "perplexity_s"):
-            ppl = stage_perplexity_tables(cfg, subject, sets, tables, run_dir, bars)
-    figures = plots.write_all(run_dir) if cfg.figures else []
+        with progress.stage("perplexity of the unedited and the edited model"), timed(timings, "perplexity_s"):
+            ppl = stage_perplexity_tables(cfg, subject, sets, tables, run_dir, progress)
+    figures = []
+    if cfg.figures:
+        with progress.stage("figures"):
+            figures = plots.write_all(run_dir)
     timings["total_s"] = time.perf_counter() - t0
     summary = build_summary(cfg, subject, texts, scores, tables, ppl, figures, timings, run_dir, device)
     runio.write_json(run_dir / runio.SUMMARY_FILE, summary)

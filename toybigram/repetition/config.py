@@ -92,7 +92,8 @@ class RepetitionAppConfig:
     threads: Optional[int] = None  # torch CPU threads (None = torch's default)
     resume: bool = False  # continue an interrupted run in hydra.run.dir
     overwrite: bool = False  # allow replacing a finished run in hydra.run.dir
-    progress: bool = True  # tqdm bars (on stderr)
+    progress: bool = True  # tqdm bars on a terminal, else a line at least every progress_every_s; false: stage names only
+    progress_every_s: float = 10.0  # longest silence between progress lines when the output is not a terminal
     figures: bool = True
 
 

@@ -38,7 +38,7 @@ def layers_figure(run_dir: Path) -> str:
     bx.plot(layers, heads["self_finding_heads_per_layer"], "s-", label="self-finding heads")
     bx.set_xlabel("layer")
     bx.set_ylabel(f"heads (mean attention >= {heads['threshold']})")
-    bx.legend(loc="upper left", fontsize=8)
+    bx.legend(loc="upper left")
     cx = bx.twinx()  # the strongest head per layer, whether or not it passes the threshold
     cx.plot(layers, [max(row) for row in heads["induction_mean"]], ":", color="C0", alpha=0.6)
     cx.plot(layers, [max(row) for row in heads["self_finding_mean"]], ":", color="C1", alpha=0.6)
@@ -58,7 +58,7 @@ def profile_figure(run_dir: Path) -> str:
     ax.set_xlabel("position relative to onset s")
     ax.set_ylabel("mean activation")
     ax.set_title("top repetition neurons around the onset")
-    ax.legend(fontsize=8)
+    ax.legend()
     plt.close(fig)
     return _save(fig, run_dir / "fig_onset_profile.png")
 
@@ -125,7 +125,7 @@ def draw_effect_vs_damage(ax, rows: list[dict], experiment: str) -> None:
         _errorbars(ax, x, [r["effect"] for r in pts], [r["effect_lo"] for r in pts], [r["effect_hi"] for r in pts], selection, xerr=xerr)
         if selection == "top":
             for r in (r for r in pts if r["k"] >= 250):  # the smaller K crowd near a ratio of 1
-                ax.annotate(f"{r['k']}", (r["ratio"], r["effect"]), textcoords="offset points", xytext=(3, 3), fontsize=6, color=STYLE["top"][1])
+                ax.annotate(f"{r['k']}", (r["ratio"], r["effect"]), textcoords="offset points", xytext=(3, 3), fontsize=8, color=STYLE["top"][1])
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xscale("log")
     _plain_log(ax.xaxis)
@@ -149,7 +149,7 @@ def interventions_figure(run_dir: Path) -> str:
             draw_perplexity(row[1], ppl, experiment)
         if damage is not None:
             draw_effect_vs_damage(row[-1], damage, experiment)
-        row[0].legend(fontsize=7)
+        row[0].legend()
     plt.close(fig)
     return _save(fig, run_dir / "fig_interventions.png")
 

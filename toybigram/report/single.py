@@ -267,7 +267,8 @@ def theory_section(run: Run) -> Section:
         body += note("summary.json has no theory headline (the analysis was cut short); the plots below are from theory/.")
     captions = {"logits_scatter": "Centred logits, model against calculator, every prompt family (points on the diagonal agree).",
                 "hijack_margins": "Hijack prompts: logit of the in-context output o minus that of the global favourite b*, "
-                                  "against the count c of 'q o' in the prompt; model solid, calculator dashed, one colour per (q, o)."}
+                                  "against the count c of 'q o' in the prompt: mean over the (q, o) pairs with their min-max band; "
+                                  "model solid, calculator dashed; above the zero line o wins."}
     body += row(*(image(path.read_bytes(), path.stem, esc(captions.get(path.stem, f"theory/{path.name}"))) for path in pictures))
     return Section("theory", "Theory against the model", body)
 

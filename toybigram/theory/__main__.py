@@ -32,7 +32,7 @@ from toybigram.cli import run_app
 from toybigram.errors import ConfigError, UserError, require
 from toybigram.rundir import DIVERGED, check_writable_dir, read_summary, run_status
 from toybigram.runtime import resolve_device
-from toybigram.theory.compare import THEORY_FILE, analyze_run, headline, output_paths
+from toybigram.theory.compare import analyze_run, headline, output_paths
 from toybigram.theory.config import register_configs
 from toybigram.theory.prompts import FAMILIES
 from toybigram.theory.strengths import VARIANTS

@@ -113,3 +113,24 @@ def count_pairs(tokens: torch.Tensor, q: int, o: int) -> torch.Tensor:
 def global_favourite(g_rows: torch.Tensor | np.ndarray, q: int) -> int:
     """b* = argmax_j g(j | q) of a global map (the chain's pi_b or a g read from weights)."""
     return int(torch.as_tensor(np.asarray(g_rows))[q].argmax())
+
+
+def counterfactual(chain: BigramChain, prompts: torch.Tensor, q: int, generator: torch.Generator) -> torch.Tensor:
+    """The designed prompts with every "q o" pair replaced by two fresh chain steps (the final q kept).
+
+    Every other token stays where it was, so the prompt and its counterfactual differ only in
+    the in-context evidence: the logit difference between them is what that evidence does.
+    The fresh steps follow pi_b without q (as the filler does), so q occurs only at the end.
+    """
+    _, rows = _filler_tables(chain, q)
+    out = prompts.clone()
+    B, T = out.shape
+    is_pair = torch.zeros_like(out, dtype=torch.bool)
+    is_pair[:, :-1] = out[:, :-1] == q
+    is_pair[:, 1:] |= is_pair[:, :-1].clone()
+    is_pair[:, -1] = False
+    for t in range(1, T - 1):
+        if is_pair[:, t].any():
+            fresh = torch.multinomial(rows[out[:, t - 1]], 1, generator=generator)[:, 0]
+            out[:, t] = torch.where(is_pair[:, t], fresh, out[:, t])
+    return out
