@@ -36,6 +36,8 @@ REFUSALS = [
     (("data.seq_len=abc",), ("data.seq_len",)),
     (("optim.beta2=1.0",), ("optim.beta2",)),
     (("seed=-1",), ("seed",)),
+    (("optim.ffn_lr_scale=0",), ("optim.ffn_lr_scale",)),
+    (("model.param=foo",), ("model.param",)),
     (("train.batch_size=10000000",), ("train.batch_size", "max_memory_gb")),  # refused before allocating ~1 TB
 ]
 

@@ -1,4 +1,5 @@
-"""What a command does before it loads torch: a quiet Ctrl-C and OpenMP's wait policy.
+"""What a command settles before it loads torch: a quiet Ctrl-C, OpenMP's wait policy, and whether
+a person watches it (progress bars) or a log does (progress lines).
 
 Importing toybigram changes nothing in the process. Each command-line entry point calls
 ``start_command()`` as its first statement, before it imports torch: torch's OpenMP runtime
@@ -13,6 +14,11 @@ import sys
 import time
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
+
+
+def on_terminal() -> bool:
+    """Whether a person watches stderr (bars) rather than a log (lines); CI counts as a log."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
 LOADAVG = "/proc/loadavg"
 
 

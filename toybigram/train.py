@@ -20,7 +20,6 @@ if __name__ == "__main__":  # the command: set the process up before torch loads
 
 import logging
 import math
-import os
 import shlex
 import signal
 import sys
@@ -44,6 +43,7 @@ from toybigram.report.build import write_report
 from toybigram.rundir import DIVERGED, FINISHED, check_run_dir, link_latest, prepare_run_dir, read_summary, run_settings
 from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, append_jsonl, atomic_write_text, provenance, read_jsonl, write_json, write_jsonl
 from toybigram.runtime import apply_threads, resolve_device
+from toybigram.startup import on_terminal
 from toybigram.theory.compare import analyze_run, headline
 from toybigram.validation import validate
 
@@ -297,7 +297,7 @@ class Progress:
 
     def __init__(self, mode: str, total: int, initial: int):
         if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() and not os.environ.get("CI") else "lines"
+            mode = "bar" if on_terminal() else "lines"
         self.mode, self.bar, self.total = mode, None, total
         self.last_line = time.perf_counter()
         if mode == "bar":

@@ -9,19 +9,14 @@ model) can take minutes by itself.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from toybigram.startup import on_terminal
+
 log = logging.getLogger("toybigram.repetition")
-
-
-def on_terminal() -> bool:
-    """Whether a person watches stderr (bars) rather than a log (lines); CI counts as a log, as in training."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 class Counter:
