@@ -20,7 +20,7 @@ DEMO = '''
     from experiments.runs import Collected, Run
     from experiments.tables import read_table
 
-    NAME = "fig9_demo"
+    NAME = "fig99_demo"
 
 
     def make(setup, log):
@@ -44,7 +44,7 @@ DEMO = '''
         return fig
 
 
-    FIGURE = Figure("fig9", NAME, plot, tables=tables, builds=(Build(NAME, make, collect),))
+    FIGURE = Figure("fig99", NAME, plot, tables=tables, builds=(Build(NAME, make, collect),))
 '''
 
 
@@ -55,23 +55,23 @@ def run_py(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_a_new_figure_module_is_registered_and_drawn_by_the_runner(tmp_path):
     folder = tmp_path / "figures"
     folder.mkdir()
-    (folder / "fig9_demo.py").write_text(textwrap.dedent(DEMO))
+    (folder / "fig99_demo.py").write_text(textwrap.dedent(DEMO))
     data, figures, sweeps = tmp_path / "data", tmp_path / "png", tmp_path / "sweeps"
     env = {**os.environ, FIGURE_PATH_VARIABLE: str(folder)}
-    proc = run_py("fig9", "--sweeps-dir", str(sweeps), "--data-dir", str(data), "--figures-dir", str(figures), env=env)
+    proc = run_py("fig99", "--sweeps-dir", str(sweeps), "--data-dir", str(data), "--figures-dir", str(figures), env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "[fig9] wrote fig9_demo.csv, fig9_demo_runs.csv, fig9_demo.pdf, fig9_demo.png" in proc.stdout
-    assert (data / "fig9_demo.csv").read_text() == "x,y\n0,0\n1,1\n2,4\n"
-    assert (data / "fig9_demo_runs.csv").read_text().splitlines()[1].startswith("fig9_demo,quick,1,1,builds,")
-    assert (figures / "fig9_demo.png").read_bytes()[:4] == b"\x89PNG"
-    assert (sweeps / "fig9_demo" / "points.json").is_file()
+    assert "[fig99] wrote fig99_demo.csv, fig99_demo_runs.csv, fig99_demo.pdf, fig99_demo.png" in proc.stdout
+    assert (data / "fig99_demo.csv").read_text() == "x,y\n0,0\n1,1\n2,4\n"
+    assert (data / "fig99_demo_runs.csv").read_text().splitlines()[1].startswith("fig99_demo,quick,1,1,builds,")
+    assert (figures / "fig99_demo.png").read_bytes()[:4] == b"\x89PNG"
+    assert (sweeps / "fig99_demo" / "points.json").is_file()
 
 
 def test_an_unknown_figure_is_one_error_line():
-    assert "fig9" not in registry()
-    proc = run_py("fig9", "--plot-only")
+    assert "fig99" not in registry()
+    proc = run_py("fig99", "--plot-only")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith("error: argument figure: invalid choice: 'fig9'") and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("error: argument figure: invalid choice: 'fig99'") and len(proc.stderr.splitlines()) == 1
 
 
 def test_the_smoke_profile_composes_and_validates_for_every_figure():

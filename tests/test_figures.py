@@ -36,9 +36,11 @@ def fig1_to_4() -> dict[str, list[dict]]:
     acc = [{"pos": p, "ratio": r, "T_test": int(8 * r), "T_train": 8, **stat("acc_incontext", 0.9 / r)}
            for p in ("ape", "rpe", "rope", "nope") for r in (0.5, 1, 2)]
     attn = [{"pos": p, "T_test": 16, "T_train": 8, "position": t, **stat("attn_prev", 0.5)} for p in ("ape", "rpe") for t in range(1, 16)]
-    hij = [{"T": T_, "c": c, "T_train": 8, **stat("share_model", c / 3), **stat("share_theory", c / 4)} for T_ in (8, 16) for c in range(3)]
-    thr = [{"T": 8, **stat("c_star_closed_form", 1.0), **stat("c_star_model", 1.0), **stat("c_star_theory", 2.0)},
-           {"T": 16, **stat("c_star_closed_form", math.nan, math.nan, 0), **stat("c_star_model", 2.0), **stat("c_star_theory", math.nan, math.nan, 0)}]
+    hij = [{"T": T_, "c": c, "T_train": 8, **stat("share_model", c / 3), **stat("share_theory", c / 4), **stat("share_law", c / 5)}
+           for T_ in (8, 16) for c in range(3)]
+    thr = [{"T": 8, **stat("c_star_closed_form", 1.0), **stat("c_star_model", 1.0), **stat("c_star_theory", 2.0), **stat("c_star_law", 1.0)},
+           {"T": 16, **stat("c_star_closed_form", math.nan, math.nan, 0), **stat("c_star_model", 2.0),
+            **stat("c_star_theory", math.nan, math.nan, 0), **stat("c_star_law", 2.0, 0.5, 2)}]
     return {"fig1_dynamics": fig1, "fig1_order": order, "fig2_attention": fig2, "fig2_prompt": prompt,
             "fig3_length_acc": acc, "fig3_length_attn": attn, "fig4_hijack": hij, "fig4_threshold": thr}
 
@@ -56,8 +58,22 @@ def fig5_to_7() -> dict[str, list[dict]]:
     stats = [{"pos": p, **stat("g_pearson", 0.9), **stat("lambda_diag_minus_off", 3.0), **stat("beta_diag_minus_off", 2.0)} for p in ("ape", "rpe")]
     grid = [{"N": N, "T": T_, "steps": 40, **stat("acc_incontext", 0.5), **stat("formation_step", 20.0 if N == 4 else math.nan, 1.0, 3 if N == 4 else 0),
              **stat("top1_agreement", 0.6), **stat("r2_centered_logits", 0.5)} for N in (4, 8) for T_ in (8, 16)]
-    return {"fig5_r2": r2, "fig5_scatter": scatter, "fig5_width": width, "fig6_matrices": mats, "fig6_bigram": bigram,
+    return {**fig10(), "fig5_r2": r2, "fig5_scatter": scatter, "fig5_width": width, "fig6_matrices": mats, "fig6_bigram": bigram,
             "fig6_alpha": alpha, "fig6_stats": stats, "fig7_grid": grid}
+
+
+def fig10() -> dict[str, list[dict]]:
+    lengths = (8, 16, 32)
+    thr = [{"T": T_, **stat("c_star_measured", T_ / 8, 0.5, 2 if T_ < 32 else 1), **stat("c_star_law", T_ / 8, 0.0, 2),
+            **stat("c_star_closed_form", 1.0, 0.0, 2), **stat("c_star_bayes", 1.0, 0.0, 2)} for T_ in lengths]
+    pairs = [{"seed": s, "family": "hijack", "T": T_, "q": 0, "o": o, "b": 3, "c_star_measured": float(o + T_ // 8),
+              "c_star_law": math.inf if o == 2 else float(o), "c_star_closed_form": 1.0, "c_star_bayes": 1.0}
+             for s in (1, 2) for T_ in lengths for o in (1, 2)]
+    compete = [{"T": T_, **stat("law_agreement", 0.8), **stat("bayes_agreement", 0.7), **stat("model_majority_share", 0.7)}
+               for T_ in lengths]
+    scores = [{"family": "hijack", "predictor": p, **stat("within_one", 0.6), **stat("mae_log", 0.4)}
+              for p in ("law", "closed_form", "corrected_closed_form", "bayes")]
+    return {"fig10_thresholds": thr, "fig10_pairs": pairs, "fig10_compete": compete, "fig10_scores": scores}
 
 
 def runs_row(name: str, **settings) -> dict:
@@ -77,12 +93,14 @@ def runs_tables() -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """Fixture tables of figures 1-7, and figure 8's committed tables (written by the repetition export)."""
+    """Fixture tables of figures 1-7 and 10, and the committed tables of figure 8 (written by the repetition
+    export), figure 9 and figure 5's hierarchy."""
     folder = tmp_path_factory.mktemp("tables")
     for name, rows in {**fig1_to_4(), **fig5_to_7(), **runs_tables()}.items():
         write_table(folder / f"{name}.csv", rows)
-    for table in FIGURES_DIR.joinpath("data").glob("fig8_repetition_*.csv"):
-        shutil.copy(table, folder)
+    for pattern in ("fig8_repetition_*.csv", "fig9_*.csv", "fig5_hierarchy*.csv"):
+        for table in FIGURES_DIR.joinpath("data").glob(pattern):
+            shutil.copy(table, folder)
     return folder
 
 

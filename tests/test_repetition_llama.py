@@ -13,6 +13,9 @@ from toybigram.repetition.generation import generate_texts, greedy_continue  # n
 from toybigram.repetition.models import HFSubject  # noqa: E402
 from toybigram.repetition.neurons import delta_scores, edited, make_edit, rank, split_by_site  # noqa: E402
 
+# decoding passes the KV cache under the name this transformers version takes, without deprecation warnings
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
+
 VOCAB = 64
 
 

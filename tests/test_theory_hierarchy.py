@@ -103,8 +103,9 @@ def test_theory_record_has_the_hierarchy_fitted_on_other_prompts(tmp_path):
     with torch_threads(1):
         record, _, _ = analyze(model, cfg, quick=True, families=("length", "hijack", "dilution"))
     assert set(record["calculators"]) == set(CALCULATORS)
-    assert record["calculators"]["bayes_rule"]["n_parameters"] == 0 and record["calculators"]["scalar"]["n_parameters"] == 9
-    assert record["calculators"]["full"]["top1"] == pytest.approx(record["top1_agreement"])
+    assert record["calculators"]["bayes_rule"]["n_parameters"] == 0
+    assert record["calculators"]["scalar"]["n_parameters"] == len(record["calculator_fit"]["scalar"])
+    assert record["calculators"]["full"]["top1"] == pytest.approx(record["overall"]["top1_agreement"])
     assert {"length", "hijack", "hijack_non_trigger", "dilution"} <= set(record["calculators_by_family"])
     assert record["fit_on"]["prompt_seed"] != record["scored_on"]["prompt_seed"]
     for row in record["calculators"].values():
@@ -113,7 +114,8 @@ def test_theory_record_has_the_hierarchy_fitted_on_other_prompts(tmp_path):
     write_json(tmp_path / "theory.json", record)
     shown = subprocess.run([sys.executable, "-m", "toybigram.theory.hierarchy", str(tmp_path / "theory.json")],
                            capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0 and "| scalar | 9 |" in shown.stdout and "hijack_non_trigger" in shown.stdout
+    scalar_row = f"| scalar | {record['calculators']['scalar']['n_parameters']:,} |"
+    assert shown.returncode == 0 and scalar_row in shown.stdout and "hijack_non_trigger" in shown.stdout
     refused = subprocess.run([sys.executable, "-m", "toybigram.theory.hierarchy", str(tmp_path / "none.json")],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.startswith("error: theory_json:") and refused.stderr.count("\n") == 1

@@ -44,7 +44,7 @@ from toybigram.rundir import DIVERGED, FINISHED, check_run_dir, link_latest, pre
 from toybigram.runio import INSTANCE_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, append_jsonl, atomic_write_text, provenance, read_jsonl, write_json, write_jsonl
 from toybigram.runtime import apply_threads, resolve_device
 from toybigram.startup import on_terminal
-from toybigram.theory.compare import analyze_run, headline
+from toybigram.theory.report import analyze_run, headline
 from toybigram.validation import validate
 
 log = logging.getLogger("toybigram.train")

@@ -70,9 +70,12 @@ def tables(run_dir: Path) -> dict[str, list[dict]]:
         "n_heldout": max((r["n_prompts"] for r in rows if r["experiment"] == "deactivate"), default=0),
         "n_plain": max((r["n_prompts"] for r in rows if r["experiment"] == "activate"), default=0),
         "new_tokens": cfg.intervene.new_tokens,
+        "activate_value": cfg.intervene.activate_value,
+        "activate_prompt_len": cfg.intervene.activate_prompt_len,
         "random_draws": draws_range([r for r in loops.get("deactivate", []) if r["selection"] in ("random", "layer")]),
         "ppl_text": cfg.perplexity.text,
         "ppl_tokens": sum(ppl_rows[0]["window_tokens"]) if ppl_rows else 0,
+        "ppl_windows": len(ppl_rows[0]["window_tokens"]) if ppl_rows else 0,
         "ppl_draws": draws_range([r for r in ppl if r["experiment"] == "deactivate" and r["selection"] in ("random", "layer")]),
         "top_fraction": layers["top_fraction"],
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import re
 from contextlib import contextmanager
@@ -298,15 +299,22 @@ def _hf_adapter(site: int, fn: NeuronHook):
     return hook
 
 
+def cache_keyword(model) -> str:
+    """The name under which this transformers version's forward takes and returns the KV cache
+    (``cache`` in recent 5.x releases, ``past_key_values`` before them)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFDecoder:
     """Greedy/sampled decoding with a KV cache; left-padded prompts carry their own positions."""
 
     def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor):
         self.model = model
         self.mask = mask
+        self.cache_name = cache_keyword(model)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = out[self.cache_name]
         self.next_position = positions[:, -1:] + 1
         self.logits = out.logits[:, -1]
 
@@ -316,10 +324,10 @@ class HFDecoder:
             input_ids=tokens[:, None],
             attention_mask=self.mask,
             position_ids=self.next_position,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_name: self.cache},
         )
-        self.cache = out.past_key_values
+        self.cache = out[self.cache_name]
         self.next_position = self.next_position + 1
         self.logits = out.logits[:, -1]
         return self.logits

@@ -91,12 +91,22 @@ def _errorbars(ax, x, y, lo, hi, selection: str, *, xerr=None, ls="-"):
     ax.errorbar(x, y, yerr=yerr, xerr=xerr, color=colour, marker=marker, ms=4, lw=1.2, ls=ls, capsize=2, label=label)
 
 
+def _draw_spread(ax, x, lo, hi, selection: str) -> None:
+    """The range over random draws (min to max of the draws' own values) as a light band."""
+    if any(b > a for a, b in zip(lo, hi)):
+        ax.fill_between(x, lo, hi, color=STYLE[selection][1], alpha=0.15, lw=0)
+
+
 def draw_rates(ax, table: list[dict], experiment: str) -> None:
-    """Loop rate against K per selection, 95% bootstrap intervals over prompts; K = 0 is the unedited model."""
+    """Loop rate against K per selection, 95% bootstrap intervals over prompts; K = 0 is the unedited model.
+    Where a set has several random draws, a band shows the range of the draws' rates."""
     base = [r for r in table if r["selection"] == "none"]
     for selection in _selections(table):
         rows = base + [r for r in table if r["selection"] == selection]
-        _errorbars(ax, [r["k"] for r in rows], [r["rate"] for r in rows], [r["rate_lo"] for r in rows], [r["rate_hi"] for r in rows], selection)
+        k = [r["k"] for r in rows]
+        _errorbars(ax, k, [r["rate"] for r in rows], [r["rate_lo"] for r in rows], [r["rate_hi"] for r in rows], selection)
+        if "rate_min" in rows[0]:
+            _draw_spread(ax, k, [r["rate_min"] for r in rows], [r["rate_max"] for r in rows], selection)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("K neurons edited")
     ax.set_ylabel(YLABEL.get(experiment, "share looping"))
@@ -108,7 +118,11 @@ def draw_perplexity(ax, table: list[dict], experiment: str) -> None:
     base = [r for r in mine if r["selection"] == "none"]
     for selection in _selections(mine):
         rows = base + [r for r in mine if r["selection"] == selection]
-        _errorbars(ax, [r["k"] for r in rows], [r["ratio"] for r in rows], [r["ratio_lo"] for r in rows], [r["ratio_hi"] for r in rows], selection)
+        k = [r["k"] for r in rows]
+        _errorbars(ax, k, [r["ratio"] for r in rows], [r["ratio_lo"] for r in rows], [r["ratio_hi"] for r in rows], selection)
+        if base and "perplexity_min" in rows[0]:
+            unedited = base[0]["perplexity"]
+            _draw_spread(ax, k, [r["perplexity_min"] / unedited for r in rows], [r["perplexity_max"] / unedited for r in rows], selection)
     ax.set_yscale("log")
     _plain_log(ax.yaxis)
     ax.set_xlabel("K neurons edited")

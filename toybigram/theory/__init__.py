@@ -8,7 +8,7 @@ from toybigram.exports import by_name, lazy_exports
 _EXPORTS = by_name({
     "toybigram.theory.calculator": ("Layer1", "Prediction", "Strengths", "agreement", "closed_form_incontext",
                                     "hijack_threshold", "predict"),
-    "toybigram.theory.compare": ("analyze_run",),
+    "toybigram.theory.report": ("analyze_run",),
     "toybigram.theory.ideal": ("ideal_model", "log_bigram"),
     "toybigram.theory.strengths": ("read_strengths",),
 })

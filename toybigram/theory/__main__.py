@@ -32,9 +32,9 @@ from toybigram.cli import run_app
 from toybigram.errors import ConfigError, UserError, require
 from toybigram.rundir import DIVERGED, check_writable_dir, read_summary, run_status
 from toybigram.runtime import resolve_device
-from toybigram.theory.compare import analyze_run, headline, output_paths
 from toybigram.theory.config import register_configs
-from toybigram.theory.prompts import FAMILIES
+from toybigram.theory.families import FAMILIES, chosen
+from toybigram.theory.report import analyze_run, headline, output_paths
 from toybigram.theory.strengths import VARIANTS
 
 LOADED: dict[tuple[str, str], tuple] = {}  # (run_dir, device) -> (model, train config), loaded by the pre-check
@@ -42,11 +42,7 @@ LOADED: dict[tuple[str, str], tuple] = {}  # (run_dir, device) -> (model, train 
 
 def chosen_families(families) -> list[str]:
     """The requested prompt families in the order the analysis runs them (ConfigError for unknown ones)."""
-    for family in families:
-        if family not in FAMILIES:
-            raise ConfigError(f"families: unknown family {family!r} (choose from {', '.join(FAMILIES)})")
-    require(len(families) > 0, "families", f"choose at least one of {', '.join(FAMILIES)}")
-    return [family for family in FAMILIES if family in families]
+    return chosen(list(families), "families")
 
 
 def output_name(cfg: DictConfig) -> str:

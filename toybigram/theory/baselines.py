@@ -12,28 +12,31 @@ few numbers the in-context behaviour needs:
   and for a fixed trigger its output distribution (what the training stream shows after it,
   so what a feed-forward block can store). The ``bigram_only`` row of the hierarchy is the
   data bigram log pi_b(.|z_t) itself (triggers included), times one fitted scale.
-- ``scalar_logits`` (SCALAR_NAMES, 9 numbers fitted on other prompts): at query position t
-  with token q = z_t, layer 2 attends with one score per key type (induction keys s with
-  z_{s-1} = q, split by whether q is a trigger; earlier copies of q; t itself; every other
-  key scores 0), and each attended position s writes beta e_{z_s} + gamma L(z_s), with
-  separate (beta, gamma) for induction keys and the rest: the copied token read directly and
-  through the feed-forward block as if it were the current token, L = centred log of the
-  process row. The query adds sigma L(q). Logits are compared after centring over j.
+- the scalar calculator and its ladder (TERMS, LADDER; at most 17 numbers fitted on other prompts):
+  at query position t with token q = z_t, layer 2 attends with one score per key type (induction
+  keys s with z_{s-1} = q; earlier copies of q; t itself; every other key scores 0), and each
+  attended position s writes beta e_{z_s} + gamma L(z_s) (the copied token read directly, and
+  through the feed-forward block as if it were the current token, L = centred log of the process
+  row); the query adds sigma L(q). Each rung of the ladder adds one named term with its own
+  constants (``copy_attention``: the induction score, beta and sigma; ``ffn_read``: gamma;
+  ``key_scores``; ``other_keys``: what the non-induction keys write; ``query_kind``: trigger and
+  non-trigger queries apart; ``self_write``; ``dilution``: count^kappa; ``shared_vector``). A constant
+  a rung does not fit takes the value of the one it refines, so every rung contains the one below.
+  ``scalar_logits``/``fit_scalar`` are the 9-number rung ``other_keys`` (SCALAR_NAMES).
+  Logits are compared after centring over j.
 
 Every function works on prompts (B,T) at all query positions and returns (B,T,N) float64.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from toybigram.theory.calculator import centred
 
 LOG_FLOOR = 1e-4  # probabilities below this count as this (as ideal.log_bigram): finite logits
-SCALAR_NAMES = ("lambda_induction_trigger", "lambda_induction_other", "lambda_query_copy", "lambda_self",
-                "beta_induction", "gamma_induction", "beta_other", "gamma_other", "sigma_query")
-SCALAR_START = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0)
 SCORE_RIDGE = 1e-6  # penalty on each attention score squared, as a share of the logits' sum of squares
 
 
@@ -146,68 +149,211 @@ def key_cells(tokens: torch.Tensor, log_table: torch.Tensor, is_trigger: torch.T
     return KeyCells(counts, mean(onehot), mean(rows), rows[:, query], is_trigger[:, query])
 
 
-def scalar_basis(scores: torch.Tensor, cells: KeyCells) -> torch.Tensor:
-    """(..., 5, N): what the scalar calculator's five write numbers (SCALAR_NAMES[4:]) multiply, given its
-    four attention scores ``scores`` (SCALAR_NAMES[:4]): the logits are linear in those five."""
-    lam_trig, lam_other, lam_copy, lam_self = scores
-    lam_induction = torch.where(cells.trigger, lam_trig, lam_other)
-    cell_scores = torch.stack([lam_induction * ind + {"other": 0.0, "copy": lam_copy, "self": lam_self}[kind]
-                               for ind, kind in CELLS], -1)
-    weights = torch.softmax(cell_scores + cells.counts.log(), -1)                   # a cell: count e^score / Z
-    induction = torch.tensor([ind for ind, _ in CELLS], dtype=weights.dtype)
-    on, off = weights * induction, weights * (1 - induction)
-    read = lambda w, values: (w[..., None] * values).sum(-2)  # noqa: E731  sum over cells
-    return torch.stack([read(on, cells.tokens), read(on, cells.rows), read(off, cells.tokens), read(off, cells.rows),
-                        cells.own], -2)
+@dataclass(frozen=True)
+class Term:
+    """A named term of the scalar calculator: the constants it adds and what it stands for."""
+
+    name: str
+    constants: tuple[str, ...]
+    meaning: str
 
 
-def scalar_from_cells(theta: torch.Tensor, cells: KeyCells) -> torch.Tensor:
-    """The scalar calculator (module docstring) with numbers ``theta`` (SCALAR_NAMES order) on KeyCells: (..., N)."""
-    return (theta[4:, None] * scalar_basis(theta[:4], cells)).sum(-2)
+TERMS = (
+    Term("copy_attention", ("lambda_induction_trigger", "beta_induction", "sigma_query"),
+         "layer 2 attends to induction keys with one score and writes the copied token e_z; the query adds its own row L(q)"),
+    Term("ffn_read", ("gamma_induction",),
+         "the feed-forward block reads the copied token as if it were the current token: gamma L(z) at induction keys"),
+    Term("key_scores", ("lambda_induction_other", "lambda_query_copy", "lambda_self"),
+         "separate attention scores for induction keys at non-trigger queries, earlier copies of the query, the query itself"),
+    Term("other_keys", ("beta_other", "gamma_other"),
+         "the other keys write beta' e_z + gamma' L(z): what they copy changes when the pairs arrive"),
+    Term("query_kind", ("lambda_self_nontrigger", "beta_induction_nontrigger", "gamma_induction_nontrigger", "sigma_nontrigger"),
+         "the query's own score, the induction writes and the query's row separately for non-trigger queries"),
+    Term("self_write", ("beta_self", "gamma_self"), "the query's own position writes with constants of its own"),
+    Term("dilution", ("kappa_dilution",), "a key type's attention grows as count^kappa instead of count"),
+    Term("shared_vector", ("delta_shared",),
+         "the induction mass writes one shared vector: the centred log of the chain's stationary distribution"),
+)
+# the cells each group of write constants reads: induction keys; other keys but the query's own; the query's own key
+KEY_GROUPS = torch.tensor([[float(ind) for ind, _ in CELLS], [float(not ind and kind != "self") for ind, kind in CELLS],
+                           [float(not ind and kind == "self") for ind, kind in CELLS]], dtype=torch.float64)
+SCORE_NAMES = ("lambda_induction_trigger", "lambda_induction_other", "lambda_query_copy", "lambda_self",
+               "lambda_self_nontrigger", "kappa_dilution")
+WRITE_NAMES = ("beta_induction", "gamma_induction", "beta_induction_nontrigger", "gamma_induction_nontrigger",
+               "beta_other", "gamma_other", "beta_self", "gamma_self", "sigma_query", "sigma_nontrigger", "delta_shared")
+# A constant a variant does not fit takes the value of the one it refines, else its default (0 unless listed).
+TIES = {"lambda_self_nontrigger": "lambda_self", "beta_induction_nontrigger": "beta_induction",
+        "gamma_induction_nontrigger": "gamma_induction", "beta_self": "beta_other", "gamma_self": "gamma_other",
+        "sigma_nontrigger": "sigma_query"}
+DEFAULTS = {"kappa_dilution": 1.0}
+START = {"kappa_dilution": 1.0, "beta_induction": 1.0, "beta_other": 1.0, "sigma_query": 1.0}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A rung of the ladder: the scalar calculator with the first terms of TERMS. Its fitted constants
+    (``names``) are the attention constants in SCORE_NAMES order, then the write constants."""
+
+    name: str
+    terms: tuple[str, ...]
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        free = {c for term in TERMS if term.name in self.terms for c in term.constants}
+        return tuple(n for n in SCORE_NAMES + WRITE_NAMES if n in free)
+
+    @cached_property
+    def n_scores(self) -> int:
+        return sum(n in SCORE_NAMES for n in self.names)
+
+    def resolve(self, name: str) -> str | None:
+        """The fitted constant that ``name`` takes its value from (itself when fitted), None for its default."""
+        while name not in self.names and name in TIES:
+            name = TIES[name]
+        return name if name in self.names else None
+
+    def expand(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every constant of SCORE_NAMES + WRITE_NAMES, given this variant's ``theta``."""
+        values = dict(zip(self.names, theta))
+        return {n: values[self.resolve(n)] if self.resolve(n) else torch.tensor(DEFAULTS.get(n, 0.0), dtype=torch.float64)
+                for n in SCORE_NAMES + WRITE_NAMES}
+
+    @cached_property
+    def write_map(self) -> torch.Tensor:
+        """(len(WRITE_NAMES), fitted writes) 0/1: which fitted write constant each write term takes."""
+        writes = self.names[self.n_scores:]
+        return torch.tensor([[float(self.resolve(n) == w) for w in writes] for n in WRITE_NAMES], dtype=torch.float64)
+
+
+LADDER = tuple(Variant(TERMS[k].name, tuple(t.name for t in TERMS[: k + 1])) for k in range(len(TERMS)))
+NINE_NUMBERS = LADDER[3]  # copy, feed-forward read, key scores, other keys: the 9-number calculator
+SCALAR_NAMES = NINE_NUMBERS.names
+
+
+def stationary_log(transition: torch.Tensor, iterations: int = 200) -> torch.Tensor:
+    """Centred log of the chain's stationary distribution (N,): the shared vector of ``shared_vector``."""
+    p = torch.full((transition.shape[0],), 1.0 / transition.shape[0], dtype=torch.float64)
+    for _ in range(iterations):
+        p = p @ transition.double()
+    return log_rows(p[None])[0]
+
+
+def cell_weights(scores: dict, cells: KeyCells) -> torch.Tensor:
+    """(..., C): layer 2's attention mass on each cell of CELLS, given the attention constants ``scores``."""
+    trig = cells.trigger
+    lam_induction = torch.where(trig, scores["lambda_induction_trigger"], scores["lambda_induction_other"])
+    lam_own = torch.where(trig, scores["lambda_self"], scores["lambda_self_nontrigger"])
+    by_kind = {"other": torch.zeros_like(lam_own), "copy": scores["lambda_query_copy"] + 0 * lam_own, "self": lam_own}
+    cell_scores = torch.stack([lam_induction * ind + by_kind[kind] for ind, kind in CELLS], -1)
+    logit = cell_scores + scores["kappa_dilution"] * cells.counts.clamp_min(1).log()   # a cell: count^kappa e^score
+    return torch.softmax(torch.where(cells.counts > 0, logit, torch.tensor(-torch.inf, dtype=logit.dtype)), -1)
+
+
+def cell_features(cells: KeyCells, shared: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., 2C + 2, N): what the write terms combine: each cell's mean token, each cell's mean row L(z), the
+    query's own row L(q) and the shared vector."""
+    shared = torch.zeros(cells.own.shape[-1], dtype=torch.float64) if shared is None else shared
+    return torch.cat([cells.tokens, cells.rows, cells.own[..., None, :], shared.expand_as(cells.own)[..., None, :]], -2)
+
+
+def write_coefficients(weights: torch.Tensor, trigger: torch.Tensor) -> torch.Tensor:
+    """(..., len(WRITE_NAMES), 2C + 2): each write term as a combination of ``cell_features``."""
+    C = len(CELLS)
+    groups = weights[..., None, :] * KEY_GROUPS                                   # (..., 3, C): induction, other, own
+    t = trigger.to(weights.dtype)
+    out = torch.zeros(*weights.shape[:-1], len(WRITE_NAMES), 2 * C + 2, dtype=weights.dtype)
+    for column, (group, part, query_kind) in enumerate([(0, 0, t), (0, 1, t), (0, 0, 1 - t), (0, 1, 1 - t), (1, 0, 1),
+                                                         (1, 1, 1), (2, 0, 1), (2, 1, 1)]):
+        kind = query_kind[..., None] if torch.is_tensor(query_kind) else query_kind
+        out[..., column, part * C:(part + 1) * C] = kind * groups[..., group, :]
+    out[..., 8, 2 * C], out[..., 9, 2 * C] = t, 1 - t                              # sigma: the query's own row
+    out[..., 10, 2 * C + 1] = groups[..., 0, :].sum(-1)                              # delta: induction mass x shared
+    return out
+
+
+def write_basis(scores: dict, cells: KeyCells, shared: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., len(WRITE_NAMES), N): what each write constant multiplies, given the attention constants ``scores``."""
+    return write_coefficients(cell_weights(scores, cells), cells.trigger) @ cell_features(cells, shared)
+
+
+def variant_basis(variant: Variant, theta: torch.Tensor, cells: KeyCells, shared=None) -> torch.Tensor:
+    """(..., fitted writes, N): what the variant's write constants multiply (the logits are linear in them)."""
+    return variant.write_map.T @ write_basis(variant.expand(theta), cells, shared)
+
+
+def variant_from_cells(variant: Variant, theta: torch.Tensor, cells: KeyCells, shared=None) -> torch.Tensor:
+    """A ladder variant with constants ``theta`` (its ``names`` order) on KeyCells: logits (..., N)."""
+    return (theta[variant.n_scores:, None] * variant_basis(variant, theta, cells, shared)).sum(-2)
 
 
 def scalar_logits(theta: torch.Tensor, tokens: torch.Tensor, log_table: torch.Tensor, is_trigger: torch.Tensor,
-                  last_only: bool = False) -> torch.Tensor:
-    """The scalar calculator on prompts (B,T) at every position, (B,T,N), or at the last, (B,1,N)."""
-    return scalar_from_cells(theta, key_cells(tokens, log_table, is_trigger, last_only))
+                  last_only: bool = False, variant: Variant = NINE_NUMBERS, shared=None) -> torch.Tensor:
+    """A scalar calculator (default the 9-number one) on prompts (B,T) at every position, (B,T,N), or at the last, (B,1,N)."""
+    return variant_from_cells(variant, theta, key_cells(tokens, log_table, is_trigger, last_only), shared)
+
+
+def fit_variant(variant: Variant, cells: KeyCells, logits: torch.Tensor, shared=None, start=None,
+                steps: int = 200) -> torch.Tensor:
+    """Least squares on the centred logits (R,N) of the rows ``cells``: the variant's constants (``names`` order).
+
+    The logits are linear in the write constants, so for given attention constants those are solved
+    exactly (variable projection), through the per-row Gram matrices of ``cell_features`` (the N
+    logits of a row never enter the loop); L-BFGS moves the attention constants from ``start``
+    (default START). A ridge of SCORE_RIDGE (relative to the logits' sum of squares) pulls them to
+    their defaults: once attention saturates, larger scores change nothing.
+    """
+    features = centred(cell_features(cells, shared))                               # (R, F, N)
+    target = centred(logits.double())
+    gram = features @ features.transpose(-2, -1)
+    eye = torch.eye(gram.shape[-1], dtype=torch.float64)
+    factor = torch.linalg.cholesky(gram + 1e-10 * gram.diagonal(0, -2, -1).mean() * eye + 1e-300 * eye)  # gram = L L^T
+    projection, total = (features @ target[..., None])[..., 0], (target ** 2).sum()
+    k, n = variant.n_scores, len(variant.names)
+    origin = torch.tensor([DEFAULTS.get(name, 0.0) for name in variant.names[:k]], dtype=torch.float64)
+
+    def solved(scores):
+        """The write constants solved for ``scores``, and the objective (residual sum of squares / total + ridge)."""
+        theta = torch.cat([scores, torch.zeros(n - k, dtype=torch.float64)])
+        coefficients = variant.write_map.T @ write_coefficients(cell_weights(variant.expand(theta), cells), cells.trigger)
+        rooted = (coefficients @ factor).transpose(0, 1).flatten(1)               # (writes, R*F)
+        normal, rhs = rooted @ rooted.T, (coefficients * projection[:, None, :]).sum((0, 2))
+        writes = torch.linalg.solve(normal + 1e-12 * normal.diagonal().mean() * torch.eye(n - k, dtype=torch.float64), rhs)
+        return writes, (total - writes @ rhs) / total + SCORE_RIDGE * ((scores - origin) ** 2).sum()
+
+    first = torch.tensor([START.get(name, 0.0) for name in variant.names], dtype=torch.float64) if start is None else start
+    scores = first[:k].clone().requires_grad_(k > 0)
+    if k:
+        optimizer = torch.optim.LBFGS([scores], lr=1.0, max_iter=steps, tolerance_grad=1e-10, tolerance_change=1e-12,
+                                      line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            objective = solved(scores)[1]
+            objective.backward()
+            return objective
+
+        optimizer.step(closure)
+    with torch.no_grad():
+        return torch.cat([scores.detach(), solved(scores.detach())[0]])
 
 
 def fit_scalar(cells: KeyCells, logits: torch.Tensor, steps: int = 60) -> torch.Tensor:
-    """Least squares on the centred logits (R,N) of the rows ``cells``: the 9 numbers (SCALAR_NAMES order).
+    """The 9-number calculator's constants (SCALAR_NAMES order) fitted on the rows ``cells``."""
+    return fit_variant(NINE_NUMBERS, cells, logits, steps=steps)
 
-    Levenberg-Marquardt from SCALAR_START: the Jacobian is exact for the five write numbers (the
-    logits are linear in them) and a finite difference for the four scores; nine numbers need
-    neither autograd nor an optimizer object. A ridge of SCORE_RIDGE (relative to the logits'
-    sum of squares) on the scores keeps them finite: once attention saturates, larger scores
-    change nothing.
-    """
-    target = centred(logits.double()).flatten()
-    ridge = (SCORE_RIDGE * (target ** 2).sum()).sqrt()
 
-    def residual(theta):
-        return torch.cat([centred(scalar_from_cells(theta, cells)).flatten() - target, ridge * theta[:4]])
-
-    theta = torch.tensor(SCALAR_START, dtype=torch.float64)
-    r, damping, step = residual(theta), 1e-3, 1e-6
-    for _ in range(steps):
-        linear = centred(scalar_basis(theta[:4], cells)).transpose(-2, -1).flatten(0, -2)   # (R*N, 5)
-        linear = torch.cat([linear, torch.zeros(4, 5, dtype=torch.float64)])
-        jacobian = torch.stack([(residual(theta + step * e) - r) / step for e in torch.eye(9, dtype=torch.float64)[:4]], 1)
-        jacobian = torch.cat([jacobian, linear], 1)
-        normal = jacobian.T @ jacobian
-        while True:
-            trial = theta - torch.linalg.solve(normal + damping * torch.diag(normal.diagonal() + 1e-9), jacobian.T @ r)
-            r_trial = residual(trial)
-            if (r_trial ** 2).sum() < (r ** 2).sum() or damping > 1e8:
-                break
-            damping *= 4.0
-        improvement = 1 - (r_trial ** 2).sum() / (r ** 2).sum()
-        if improvement < 0:
-            break
-        theta, r, damping = trial, r_trial, damping / 4.0
-        if improvement < 1e-6:
-            break
-    return theta
+def fit_ladder(cells: KeyCells, logits: torch.Tensor, shared=None) -> dict[str, torch.Tensor]:
+    """Every rung of LADDER fitted in turn, each started from the one below (its constants carried over), so a
+    rung never fits its prompts worse than the one below it."""
+    fitted, below = {}, None
+    for variant in LADDER:
+        start = None
+        if below is not None:
+            values = below[0].expand(below[1])
+            start = torch.stack([values[n] for n in variant.names]).double()
+        fitted[variant.name] = fit_variant(variant, cells, logits, shared, start)
+        below = (variant, fitted[variant.name])
+    return fitted
 
 
 def fit_scale(predicted: torch.Tensor, logits: torch.Tensor) -> float:

@@ -6,7 +6,7 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from toybigram.theory.prompts import FAMILIES
+from toybigram.theory.families import FAMILIES
 
 
 @dataclass
@@ -15,7 +15,7 @@ class TheoryConfig:
     out_dir: Optional[str] = None  # where the analysis is written; conf/theory.yaml makes it ${run_dir}
     quick: bool = False  # the short analysis the training job runs at its end
     variant: str = "full"  # full (memory matrices + readout paths) | diagonal (alpha_t, lambda_k, beta_k, g) | exact
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))  # the registry's (families.py), in run order
     seed: int = 0  # prompt generation
     plots: bool = True
     overwrite: bool = False  # replace an earlier analysis with the same settings

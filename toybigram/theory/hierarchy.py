@@ -4,11 +4,14 @@ Rows (CALCULATORS), from none to every table read from the weights:
 
     bayes_rule           0 numbers: log of the Bayes predictive distribution (baselines.py)
     bigram_only          1 fitted scale on the data bigram log pi_b(.|z_t) (the chain's row, triggers included)
-    scalar               9 fitted numbers (baselines.SCALAR_NAMES) + the data's rows
+    scalar               the last rung of the scalar ladder (baselines.LADDER: 17 fitted numbers) + the data's rows
     diagonal             alpha_t, lambda_k, beta_k and g read from the weights
     full                 the default read (strengths.py)
     full_uniform_layer2  full with layer 2's attention uniform over the causal keys: no induction at
                          all, so whatever it scores is the readout's, not the in-context theory's
+
+The ``ladder`` key lists every calculator and every rung of the scalar ladder (baselines.TERMS: each
+rung adds one named term with its own constants) by the count of numbers it uses, from 0 to full.
 
 Fitted numbers come from prompts of another prompt seed than the scored ones (``fit_on``,
 ``scored_on`` in theory.json). Metrics (``metrics``), on the rows of the prompt families:
@@ -35,12 +38,14 @@ import torch
 
 from toybigram.errors import exit_with
 from toybigram.hooks import circuit_pattern_hooks
-from toybigram.theory.baselines import (SCALAR_NAMES, KeyCells, Process, bayes_logits, bayes_probabilities, fit_scalar,
-                                        fit_scale, key_cells, log_rows, process_rows, scalar_logits)
+from toybigram.theory.baselines import (LADDER, TERMS, KeyCells, Process, bayes_logits, bayes_probabilities, fit_ladder,
+                                        fit_scale, key_cells, log_rows, process_rows, stationary_log, variant_from_cells)
 from toybigram.theory.calculator import Strengths, agreement, centred, predict
 from toybigram.theory.prompts import counterfactual
 
 CALCULATORS = ("bayes_rule", "bigram_only", "scalar", "diagonal", "full", "full_uniform_layer2")
+SCALAR_VARIANT = LADDER[-1]  # the ``scalar`` row: the ladder's last rung
+VARIANTS = {variant.name: variant for variant in LADDER}
 NEAR_TIE = 0.5  # logits: the model's top-2 gap below this makes a row a near tie
 FIT_SEED_OFFSET = 1  # the fitted numbers come from prompt seed (scored seed + this)
 
@@ -94,14 +99,21 @@ class Calculators:
 
     process: Process
     weights: dict                  # name -> Strengths: diagonal, full, full_uniform_layer2
-    theta: torch.Tensor | None = None
+    ladder: dict = field(default_factory=dict)   # ladder variant name -> its fitted constants
     bigram_scale: float = 1.0
     log_table: torch.Tensor = field(init=False)    # the process's context-free rows (scalar)
     chain_table: torch.Tensor = field(init=False)  # the data bigram pi_b (bigram_only)
+    shared: torch.Tensor = field(init=False)       # the ladder's shared vector
 
     def __post_init__(self):
         self.log_table = log_rows(process_rows(self.process))
         self.chain_table = log_rows(self.process.transition)
+        self.shared = stationary_log(self.process.transition)
+
+    @property
+    def theta(self) -> torch.Tensor | None:
+        """The ``scalar`` row's fitted constants (SCALAR_VARIANT.names order)."""
+        return self.ladder.get(SCALAR_VARIANT.name)
 
     def trigger_mask(self, rows: RowSet, tokens: torch.Tensor) -> torch.Tensor:
         return self.process.is_trigger[tokens] if rows.is_trigger is None else rows.is_trigger
@@ -112,9 +124,21 @@ class Calculators:
             return bayes_logits(self.process, tokens, self.trigger_mask(rows, tokens))
         if name == "bigram_only":
             return self.bigram_scale * self.chain_table[tokens]
-        if name == "scalar":
-            return scalar_logits(self.theta, tokens, self.log_table, self.trigger_mask(rows, tokens), rows.last_only)
+        if name == "scalar" or name in VARIANTS:
+            return self.variant_logits(rows, tokens)[SCALAR_VARIANT.name if name == "scalar" else name]
         return predict(self.weights[name], tokens, a1=a1, last_only=rows.last_only).logits
+
+    def variant_logits(self, rows: RowSet, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every ladder variant on ``tokens``: name -> (B,T,N), or (B,1,N) for a row set scored at the last position."""
+        cells = key_cells(tokens, self.log_table, self.trigger_mask(rows, tokens), rows.last_only)
+        return {name: variant_from_cells(VARIANTS[name], theta, cells, self.shared) for name, theta in self.ladder.items()}
+
+    def all_logits(self, rows: RowSet, tokens: torch.Tensor, a1) -> dict[str, torch.Tensor]:
+        """Every calculator of CALCULATORS and every ladder variant on ``tokens`` (the scalar cells found once)."""
+        out = {name: self.logits(name, rows, tokens, a1) for name in CALCULATORS if name != "scalar"}
+        out.update(self.variant_logits(rows, tokens))
+        out["scalar"] = out[SCALAR_VARIANT.name]
+        return out
 
 
 def fit_rows(model, row_sets: list[RowSet], calculators: "Calculators") -> tuple[KeyCells, torch.Tensor, torch.Tensor]:
@@ -134,10 +158,11 @@ def fit_rows(model, row_sets: list[RowSet], calculators: "Calculators") -> tuple
 def fit_calculators(calculators: "Calculators", cells: KeyCells, logits: torch.Tensor, queries: torch.Tensor) -> dict:
     """Fit the scalar calculator's numbers and bigram_only's scale on the rows ``cells`` (query tokens
     ``queries``); returns them by name."""
-    calculators.theta = fit_scalar(cells, logits)
+    calculators.ladder = fit_ladder(cells, logits, calculators.shared)
     calculators.bigram_scale = fit_scale(calculators.chain_table[queries], logits)
-    return {"scalar": dict(zip(SCALAR_NAMES, calculators.theta.tolist())), "bigram_only": {"scale": calculators.bigram_scale},
-            "rows": logits.shape[0]}
+    return {"scalar": dict(zip(SCALAR_VARIANT.names, calculators.theta.tolist())),
+            "ladder": {name: dict(zip(VARIANTS[name].names, theta.tolist())) for name, theta in calculators.ladder.items()},
+            "bigram_only": {"scale": calculators.bigram_scale}, "rows": logits.shape[0]}
 
 
 @dataclass
@@ -160,7 +185,7 @@ def score_rows(model, calculators: Calculators, rows: RowSet) -> Scores:
         needs_a1 = not model.positional.previous_token_memory
         logits, a1 = (known, None) if known is not None and not needs_a1 else model_logits(model, tokens)
         logits = logits if logits is known else scored(logits, rows.last_only)
-        return logits, {name: scored(calculators.logits(name, rows, tokens, a1), rows.last_only) for name in CALCULATORS}
+        return logits, {name: scored(value, rows.last_only) for name, value in calculators.all_logits(rows, tokens, a1).items()}
 
     model_rows, predicted = run(rows.tokens, rows.logits)
     model_cf, predicted_cf = run(rows.counterfactual) if rows.counterfactual is not None else (None, {})
@@ -223,8 +248,27 @@ def parameters_from(calculators: Calculators, fit_seed: int) -> dict[str, tuple[
             for name, s in calculators.weights.items()}
     return {"bayes_rule": (0, "none: the training process (chain rows, trigger set, the triggers' output distribution)"),
             "bigram_only": (1, f"one scale {fitted}; the data bigram pi_b"),
-            "scalar": (len(SCALAR_NAMES), f"{', '.join(SCALAR_NAMES)} {fitted}; the process's context-free rows"),
+            **{variant.name: (len(variant.names), f"{', '.join(variant.names)} {fitted}; the process's context-free rows")
+               for variant in LADDER},
+            "scalar": (len(SCALAR_VARIANT.names), f"the ladder's last rung {SCALAR_VARIANT.name}: {', '.join(SCALAR_VARIANT.names)} "
+                       f"{fitted}; the process's context-free rows"),
             **read}
+
+
+LADDER_KEYS = ("n_parameters", "r2_counterfactual", "top1_contested", "margin_r2", "top1", "r2_centred",
+               "margin_sign_agreement", "top1_near_tie")
+
+
+def ladder_rows(parts: list[Scores], origin: dict) -> list[dict]:
+    """The ladder: every calculator and every scalar variant on ``parts``, by number of constants (0 to full)."""
+    terms = {variant.name: list(variant.terms) for variant in LADDER}
+    names = sorted([n for n in CALCULATORS if n != "scalar"] + list(terms), key=lambda n: origin[n][0])
+    rows = []
+    for name in names:
+        found = metrics(parts, name)
+        rows.append({"name": name, "terms": terms.get(name, [name]), **{k: origin[name][0] if k == "n_parameters" else found[k]
+                                                                        for k in LADDER_KEYS}})
+    return rows
 
 
 def hierarchy(model, calculators: Calculators, scored_sets: list[RowSet], fit_sets: list[RowSet], *,
@@ -243,8 +287,11 @@ def hierarchy(model, calculators: Calculators, scored_sets: list[RowSet], fit_se
                 for name in CALCULATORS}
 
     families = list(dict.fromkeys(p.family for p in parts))
+    overall = [p for p in parts if p.family in overall_families]
     return {
-        "calculators": table([p for p in parts if p.family in overall_families]),
+        "calculators": table(overall),
+        "ladder": ladder_rows(overall, origin),
+        "ladder_terms": {term.name: {"constants": list(term.constants), "meaning": term.meaning} for term in TERMS},
         "calculators_by_family": {f: table([p for p in parts if p.family == f]) for f in families},
         "calculator_fit": fitted,
         "fit_on": {"prompt_seed": fit_seed, "families": list(dict.fromkeys(r.family for r in fit_sets)),

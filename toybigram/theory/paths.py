@@ -24,7 +24,7 @@ uncorrelated paths). The projection <c_p, y> / |y|^2, which does sum to 1 over p
 reported too.
 
 Prompts and (q, o, b*) pairs are those of the hijack family of
-``python -m toybigram.theory quick=true`` (compare.py) for the same seed.
+``python -m toybigram.theory quick=true`` (families.py) for the same seed.
 
     python -m toybigram.theory.paths run_dir=outputs/main_default     # table; paths.json in the run dir
 """
@@ -43,7 +43,7 @@ from toybigram.hooks import pattern_hooks
 from toybigram.runio import provenance, write_json
 from toybigram.runtime import torch_threads
 from toybigram.theory.calculator import FEATURES, centred, features
-from toybigram.theory.compare import hijack_pairs, hijack_prompts, trigger_queries
+from toybigram.theory.study import hijack_pairs, hijack_prompts, trigger_queries
 from toybigram.theory.strengths import feature_rows, read_strengths
 
 PATHS_FILE = "paths.json"
@@ -119,7 +119,7 @@ def shares(paths: dict, logits: torch.Tensor) -> dict[tuple[str, str, str], dict
 
 @torch.no_grad()
 def hijack_paths(model, cfg, *, seed: int = 0, n_outputs: int = 3, max_count: int = 6, fillers: int = 4) -> dict:
-    """Path shares on the designed hijack prompts: for each (q, o, b*) pair of compare.hijack_pairs
+    """Path shares on the designed hijack prompts: for each (q, o, b*) pair of study.hijack_pairs
     (n_outputs outputs per trigger query), hijack(q, o, c, T) for c = 0..max_count, ``fillers``
     prompts each, at the training length T. The defaults are the hijack family of
     ``python -m toybigram.theory quick=true`` with the same seed: the same prompts."""

@@ -13,7 +13,6 @@ import torch
 from toybigram.data import BigramChain, TriggerSampler
 from toybigram.errors import ConfigError
 
-FAMILIES = ("length", "hijack", "compete", "dilution")
 COMPETE_COUNTS = ((1, 2), (2, 1), (2, 2), (1, 3), (3, 1))  # (c1, c2): how often each of two outputs follows q
 
 

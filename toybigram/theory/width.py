@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
+from omegaconf import DictConfig
+
 from toybigram.data import TriggerSampler, dirichlet_chain, shakespeare_chain
 from toybigram.errors import UserError, exit_with
+from toybigram.factory import make_chain, make_sampler, make_spec
 from toybigram.hooks import pattern_hook
 from toybigram.model import ModelSpec
 from toybigram.runio import provenance, write_json
+from toybigram.theory.baselines import log_rows, make_process, process_rows
 from toybigram.theory.calculator import agreement, attention_error
 from toybigram.theory.gram import BLOCK_MEANING, BLOCKS, block_name, forward_selection, gram_build, predict_gram
 from toybigram.theory.ideal import ideal_model, log_bigram
@@ -40,6 +45,22 @@ def ideal_build(d: int, N: int, seed: int, *, T: int = 128, prompts: int = 4, al
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=names)
     return model, g, tokens, logits, cache[names[0]]
+
+
+def ideal_trained_like(cfg: DictConfig, *, alpha=12.0, lam=10.0, beta=8.0):
+    """An ideal build (float64) with a training config's data and sizes, storing what a trained model stores: the
+    previous-token head alpha, an induction key lambda for the fixed triggers only (every token with random
+    triggers), the copy beta, and the feed-forward block g = centred log of the process's context-free rows
+    (a trigger's output distribution, else pi_b). The config's model.dtype is replaced by float64."""
+    chain = make_chain(cfg.data)
+    N = chain.vocab_size
+    sampler = make_sampler(cfg.data, chain, torch.device("cpu"), 0)
+    triggers = sampler.fixed_triggers.tolist() if cfg.data.triggers == "fixed" else list(range(N))
+    process = make_process(chain.transition, triggers, cfg.data.outputs, cfg.data.exclude_trigger_output)
+    keys = torch.zeros(N, dtype=torch.float64)
+    keys[triggers] = lam
+    spec = replace(make_spec(cfg, chain), dtype="float64")
+    return ideal_model(spec, alpha=alpha, lam=keys, beta=beta, g=log_rows(process_rows(process)), seed=int(cfg.seed))
 
 
 def ideal_case(d: int, N: int, seed: int, *, T: int = 128, prompts: int = 4, alpha=12.0, lam=10.0, beta=8.0):
