@@ -75,7 +75,7 @@ def hijack_grid(run_dir, ratios=(0.25, 0.5, 1, 2, 4), counts=range(0, 9), n_outp
     lengths = sorted({max(8, int(round(r * T0))) for r in ratios})
     strengths = read_strengths(model, max(lengths), "full")
     law = ThresholdLaw.from_model(model, max(lengths))
-    pairs = hijack_pairs(model, strengths, trigger_queries(cfg, chain), n_outputs)
+    pairs = hijack_pairs(strengths.bigram, trigger_queries(cfg, chain), n_outputs)
     gen = torch.Generator().manual_seed(PROMPT_SEED)
     cells, thresholds, terms = [], [], []
     for L in lengths:

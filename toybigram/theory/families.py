@@ -71,7 +71,7 @@ def hijack_family(study: Study, parts: list) -> dict:
     if study.cfg.data.triggers == "fixed":  # queries without a trained induction key: the global term should win
         by_frequency = torch.tensor(study.chain.unigram).argsort(descending=True).tolist()
         others = [q for q in by_frequency if q not in study.triggers][:len(study.triggers)]
-        non_trigger = hijack_study(model, strengths, hijack_pairs(model, strengths, others, study.n_outputs), **prompts,
+        non_trigger = hijack_study(model, strengths, hijack_pairs(strengths.bigram, others, study.n_outputs), **prompts,
                                    collect=study.rows, family="hijack_non_trigger")
         non_trigger.pop("parts")
         result["non_trigger"] = non_trigger

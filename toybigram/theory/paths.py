@@ -126,7 +126,7 @@ def hijack_paths(model, cfg, *, seed: int = 0, n_outputs: int = 3, max_count: in
     check_decomposable(model)
     chain = make_chain(cfg.data)
     T = int(cfg.data.seq_len)
-    pairs = hijack_pairs(model, read_strengths(model, T, "full"), trigger_queries(cfg, chain), n_outputs)
+    pairs = hijack_pairs(read_strengths(model, T, "full").bigram, trigger_queries(cfg, chain), n_outputs)
     gen = torch.Generator().manual_seed(seed)
     counts = torch.arange(0, max_count + 1)
     prompts = torch.cat([hijack_prompts(chain, q, o, counts, T, fillers, gen) for q, o, _ in pairs])

@@ -124,7 +124,7 @@ def check_settings(settings) -> None:
 def data_pairs(chain, queries: list[int], n_outputs: int) -> list[tuple[int, int, int]]:
     """(q, o, b*) from the data alone: b* the chain's favourite after q, the outputs at evenly spaced ranks below it."""
     data_bigram = torch.as_tensor(np.log(np.maximum(chain.transition, 1e-12)))
-    return hijack_pairs(None, SimpleNamespace(bigram=data_bigram), queries, n_outputs)
+    return hijack_pairs(data_bigram, queries, n_outputs)
 
 
 def other_queries(cfg, chain, count: int) -> list[int]:

@@ -66,13 +66,14 @@ def designed_rows(family: str, prompts: torch.Tensor, q: int, target, rival: int
                   rival=torch.full((n,), rival), logits=logits)
 
 
-def hijack_pairs(model, strengths, triggers: list[int], n_outputs: int) -> list[tuple[int, int, int]]:
-    """(q, o, b*): b* the calculator's global favourite for q (argmax of g(.|q) read from the weights);
-    the outputs o at evenly spaced ranks of g(.|q) below b*, down to the least favoured, so the gaps
-    g(b*|q) - g(o|q) the in-context term must beat range from small to the largest."""
+def hijack_pairs(bigram: torch.Tensor, triggers: list[int], n_outputs: int) -> list[tuple[int, int, int]]:
+    """(q, o, b*) from a global map ``bigram`` (N,N), scores g(.|q) by row (the weights' g, or the data's
+    log pi_b): b* the favourite after q; the outputs o at evenly spaced ranks of g(.|q) below b*, down to
+    the least favoured, so the gaps g(b*|q) - g(o|q) the in-context term must beat range from small to
+    the largest."""
     out = []
     for q in triggers:
-        ranked = [j for j in strengths.bigram[q].argsort(descending=True).tolist() if j != q]
+        ranked = [j for j in torch.as_tensor(bigram)[q].argsort(descending=True).tolist() if j != q]
         b, rest = ranked[0], ranked[1:]
         picks = torch.linspace(len(rest) - 1, 0, n_outputs + 1)[:-1].round().long().tolist() if n_outputs > 1 else [len(rest) - 1]
         out.extend((q, rest[i], b) for i in dict.fromkeys(picks))
@@ -186,7 +187,7 @@ class Study:
     @cached_property
     def pairs(self) -> list[tuple[int, int, int]]:
         """The (q, o, b*) pairs of the designed families at the trigger queries (hijack_pairs)."""
-        return hijack_pairs(self.model, self.strengths, self.triggers, self.n_outputs)
+        return hijack_pairs(self.strengths.bigram, self.triggers, self.n_outputs)
 
 
 def make_study(model, cfg, chain, *, quick: bool, seed: int, strengths: Strengths, diag: Strengths,
