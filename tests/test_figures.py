@@ -98,7 +98,7 @@ def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tables")
     for name, rows in {**fig1_to_4(), **fig5_to_7(), **runs_tables()}.items():
         write_table(folder / f"{name}.csv", rows)
-    for pattern in ("fig8_repetition_*.csv", "fig9_*.csv", "fig5_hierarchy*.csv"):
+    for pattern in ("fig8_repetition_*.csv", "fig9_*.csv", "fig5_hierarchy*.csv", "fig11_hijack_lm_*.csv"):
         for table in FIGURES_DIR.joinpath("data").glob(pattern):
             shutil.copy(table, folder)
     return folder

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from toybigram.config import register_configs as register_train_configs
 from toybigram.errors import DIVERGED_EXIT_CODE, INTERRUPT_EXIT_CODE, USAGE_EXIT_CODE, UserError, exit_with
+from toybigram.hijack.config import register_configs as register_hijack_configs
 from toybigram.repetition.config import register_configs as register_repetition_configs
 from toybigram.rundir import DIVERGED, FAILED, check_writable_dir, read_summary, run_status, write_failed_summary
 from toybigram.runio import SUMMARY_FILE
@@ -25,7 +26,8 @@ from toybigram.theory.config import register_configs as register_theory_configs
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 # The schemas and presets each primary config in conf/ composes from.
-REGISTER_CONFIGS = {"train": register_train_configs, "theory": register_theory_configs, "repetition": register_repetition_configs}
+REGISTER_CONFIGS = {"train": register_train_configs, "theory": register_theory_configs, "repetition": register_repetition_configs,
+                    "hijack": register_hijack_configs}
 
 
 def register_configs(config_name: str) -> None:

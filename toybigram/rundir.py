@@ -118,6 +118,20 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> str:
     return "new"
 
 
+def check_study_dir(run_dir: Path, partial: str, resume: bool, overwrite: bool, what: str = "run") -> None:
+    """A study that keeps its finished parts in ``partial``: never overwrite a finished one (summary.json),
+    continue an interrupted one only with ``resume``, and resume only what is there."""
+    if overwrite:
+        return
+    started = (run_dir / partial).is_file()
+    if (run_dir / SUMMARY_FILE).is_file():
+        raise UserError(f"{run_dir} already holds a finished {what}; choose another hydra.run.dir or pass overwrite=true")
+    if started and not resume:
+        raise UserError(f"{run_dir} holds an interrupted run; continue it with resume=true or start over with overwrite=true")
+    if resume and not started:
+        raise UserError(f"resume: nothing to resume in {run_dir} (set hydra.run.dir to the interrupted run's directory)")
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     """Create the run directory, drop temporaries a killed write left, and with overwrite clear the old run."""
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """Run-directory I/O: atomic writes, JSON lines, provenance."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -98,6 +100,22 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(dumps(row, indent=None) + "\n")
         handle.flush()
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """A CSV table of ``rows`` (columns: every key, in order of first appearance), written atomically."""
+    buffer = io.StringIO()
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_tables(folder: str | os.PathLike, prefix: str, tables: dict[str, list[dict]]) -> None:
+    """Each table as ``<folder>/<prefix>_<name>.csv`` (a figure's data), written atomically."""
+    for name, rows in tables.items():
+        write_csv(Path(folder) / f"{prefix}_{name}.csv", rows)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from toybigram import runio
 from toybigram.factory import make_chain, make_sampler
+from toybigram.rundir import check_study_dir
 from toybigram.runtime import torch_threads
 from toybigram.cli import run_app
 from toybigram.errors import ConfigError, UserError, require
@@ -91,16 +92,7 @@ def validate(cfg: DictConfig) -> None:
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Never overwrite a finished run; resume only what is there."""
-    finished = (run_dir / runio.SUMMARY_FILE).is_file()
-    started = (run_dir / TEXTS_PARTIAL).is_file()
-    if cfg.overwrite:
-        return
-    if finished:
-        raise UserError(f"{run_dir} already holds a finished run; choose another hydra.run.dir or pass overwrite=true")
-    if started and not cfg.resume:
-        raise UserError(f"{run_dir} holds an interrupted run; continue it with resume=true or start over with overwrite=true")
-    if cfg.resume and not started:
-        raise UserError(f"resume: nothing to resume in {run_dir} (set hydra.run.dir to the interrupted run's directory)")
+    check_study_dir(run_dir, TEXTS_PARTIAL, cfg.resume, cfg.overwrite)
 
 
 def precheck(cfg: DictConfig) -> None:

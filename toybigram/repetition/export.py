@@ -19,8 +19,6 @@ if __name__ == "__main__":  # the command: set the process up before torch loads
     start_command()
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -95,15 +93,6 @@ def draws_range(table: list[dict]) -> str:
     return "0" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    runio.atomic_write_text(path, buffer.getvalue())
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("run_dir", help="a repetition study's run directory (finished or still running)")
@@ -113,8 +102,7 @@ def main(argv=None) -> None:
         run_dir = Path(args.run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run_dir: no directory {run_dir}")
-        for name, rows in tables(run_dir).items():
-            write_csv(Path(args.data) / f"{PREFIX}_{name}.csv", rows)
+        runio.write_tables(args.data, PREFIX, tables(run_dir))
     except UserError as err:
         exit_with(err)
     print(f"tables {PREFIX}_*.csv written to {args.data}")

@@ -423,6 +423,13 @@ def load_subject(lm: Any, device: torch.device) -> Subject:
     dtype = resolve_dtype(lm.dtype, "lm.dtype")
     if kind == "toy":
         return load_toy(path, device, dtype)
+    name, model, tokenizer = load_hf(lm, kind, path, device, dtype)
+    return HFSubject.build(name, model, tokenizer, device, dtype)
+
+
+def load_hf(lm: Any, kind: str, path: Path, device: torch.device, dtype: torch.dtype) -> tuple[str, Any, Any]:
+    """(name, model, tokenizer) of a GGUF file or a Hugging Face model directory (``kind`` from ``locate``),
+    in evaluation mode without gradients; every failure is a one-line UserError."""
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -445,7 +452,7 @@ def load_subject(lm: Any, device: torch.device) -> Subject:
         raise UserError(f"lm.path: could not load {what} {path}: {first_line(err)}") from None
     model.to(device).eval()
     model.requires_grad_(False)
-    return HFSubject.build(name, model, tokenizer, device, dtype)
+    return name, model, tokenizer
 
 
 def load_toy(path: Path, device: torch.device, dtype: torch.dtype) -> ToySubject:

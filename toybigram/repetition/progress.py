@@ -56,8 +56,8 @@ class StudyProgress:
     ``stage(title)`` around each stage, and call it like ``tqdm(total, desc, unit)`` for a counter.
     """
 
-    def __init__(self, n_stages: int, show: bool, every_s: float):
-        self.n_stages, self.every_s = n_stages, every_s
+    def __init__(self, n_stages: int, show: bool, every_s: float, logger: logging.Logger = log):
+        self.n_stages, self.every_s, self.log = n_stages, every_s, logger
         self.bars = show and on_terminal()
         self.timed_lines = show and not self.bars
         self.index, self.title, self.stage_start = 0, "starting", time.perf_counter()
@@ -93,7 +93,7 @@ class StudyProgress:
 
     def say(self, text: str) -> None:
         with self.lock:
-            log.info(text)
+            self.log.info(text)
             self.last_line = time.perf_counter()
 
     def status(self) -> str:

@@ -31,6 +31,20 @@ def _filler_tables(chain: BigramChain, q: int) -> tuple[torch.Tensor, torch.Tens
     return torch.tensor(unigram), torch.tensor(rows)
 
 
+def pair_starts(batch: int, n_pairs: int, lo: int, hi: int, generator: torch.Generator) -> torch.Tensor:
+    """Where ``n_pairs`` non-overlapping two-token pairs start inside positions [lo, hi): (batch, n_pairs), ascending.
+
+    Uniform over the layouts: the span holds hi - lo - 2 n_pairs filler tokens and n_pairs pairs as
+    hi - lo - n_pairs items, and the pairs take a random n_pairs of them (each earlier pair shifts
+    the later ones by one position). Refuses a span too short for the pairs.
+    """
+    items = hi - lo - n_pairs
+    if lo < 0 or hi - lo < 2 * n_pairs:
+        raise ConfigError(f"{n_pairs} pairs need {2 * n_pairs} positions, the span [{lo}, {hi}) has {max(hi - lo, 0)}")
+    slots = torch.rand(batch, items, generator=generator).argsort(-1)[:, :n_pairs].sort(-1).values
+    return lo + slots + torch.arange(n_pairs)
+
+
 def designed(chain: BigramChain, q: int, pairs: list[tuple[int, int]], T: int, batch: int,
              generator: torch.Generator) -> torch.Tensor:
     """Prompts (batch, T): q followed by o exactly c times for each (o, c) in ``pairs``, last token q.
@@ -59,12 +73,9 @@ def designed(chain: BigramChain, q: int, pairs: list[tuple[int, int]], T: int, b
                           f"(one filler token first, two per pair, the final q), got T={T}")
     unigram, rows = _filler_tables(chain, q)
 
-    # Layout: filler + n_pairs items; item 0 is filler, the pairs take n_pairs of items 1.., in random order.
-    items = filler + n_pairs
-    slots = torch.rand(batch, items - 1, generator=generator).argsort(-1)[:, :n_pairs].sort(-1).values + 1
+    starts = pair_starts(batch, n_pairs, 1, T - 1, generator)
     kinds = torch.tensor([o for o, c in zip(outs, counts) for _ in range(c)], dtype=torch.long)
     kinds = kinds[torch.rand(batch, n_pairs, generator=generator).argsort(-1)] if n_pairs else kinds.expand(batch, 0)
-    starts = slots + torch.arange(n_pairs)  # each earlier pair occupies one extra position
     forced = torch.full((batch, T), -1, dtype=torch.long)
     forced.scatter_(1, starts, q)
     forced.scatter_(1, starts + 1, kinds)
