@@ -42,7 +42,7 @@ lm: $(STAMP)
 repetition: lm
 	$(PY) -m toybigram.repetition lm=smollm2 $(ARGS)
 
-# Knowledge hijack on SmolLM2-135M beside a toy, and figure 11 (quick profile: about 13 minutes on 2 CPU cores).
+# Knowledge hijack on SmolLM2-135M beside a toy, and figure 11 (quick profile: about 15 minutes on 2 CPU cores).
 # The toy: Shakespeare characters, every token a possible query (random triggers), rpe, T = 64, 600 steps.
 HIJACK_DIR ?= outputs/hijack
 hijack: lm

@@ -1,8 +1,8 @@
 """Structured configs of ``python -m toybigram.hijack``, registered in Hydra's ConfigStore.
 
 Group ``lm`` picks the model (the repetition study's presets: smollm2, hf with ``lm.path``, toy with
-``lm.path`` a training run). Group ``scale`` sets the study's size: ``quick`` (the default, about
-11 minutes for SmolLM2-135M on 2 CPU cores) or ``full`` (200 query words, prompts to 1024 tokens;
+``lm.path`` a training run). Group ``scale`` sets the study's size: ``quick`` (the default, 11-13
+minutes for SmolLM2-135M on 2 CPU cores) or ``full`` (200 query words, prompts to 1024 tokens;
 hours on a CPU, minutes on a GPU). ``+preset=smoke`` shrinks every stage to a pipeline check.
 """
 from __future__ import annotations
