@@ -103,9 +103,10 @@ def test_export_writes_figure_11_tables_and_the_figure_draws(hf_study, toy_study
                                                           "thresholds")]
     with pytest.raises(UserError, match="lm_run: .* studies a toy"):
         export_tables(toy_study[0], hf_study)
-    drawn = subprocess.run([sys.executable, str(ROOT / "paper_figures" / "fig11_hijack_lm.py"), "--data", str(data), "--out",
-                            str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert drawn.returncode == 0, drawn.stderr[-1500:]
+    from experiments.figure import registry  # the same drawing as paper_figures/fig11_hijack_lm.py
+
+    paths = registry()["fig11"].draw(data, tmp_path)
+    assert sorted(p.name for p in paths) == ["fig11_hijack_lm.pdf", "fig11_hijack_lm.png"]
     assert (tmp_path / "fig11_hijack_lm.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -118,7 +118,8 @@ def draw_ablation(ax, ablation: list[dict], attention: list[dict], side: str) ->
     ax.set_xlabel("c, pairs 'q o' in the prompt")
     ax.set_ylabel("share: logit(o) > logit(b*)")
     ax.set_title(f"heads zeroed (T={T})" if T else "no induction head found", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
 
 
 def caption(setting: dict) -> str:
