@@ -12,13 +12,13 @@ import torch
 
 from toybigram.errors import ConfigError
 from toybigram.hijack.analysis import crossings, fit_and_score, law_threshold
-from toybigram.hijack.design import Instances, counts_that_fit, pair_count, region_span
+from toybigram.hijack.design import Instances, counts_that_fit, region_span
 from toybigram.hijack.lexicon import Lexicon, choose_pairs, favourites, own_bigram
 from toybigram.hijack.reader import Reader
 from toybigram.hijack.results import curves_of, law_fit, threshold_rows
 from toybigram.hijack.study import Setting, compete_job, hijack_job, run_jobs
 from toybigram.theory.calculator import hijack_threshold
-from toybigram.theory.prompts import pair_starts
+from toybigram.theory.prompts import count_pairs as pair_count, pair_starts
 from toybigram.theory.threshold import law_logits
 
 N = 40

@@ -35,6 +35,8 @@ from toybigram.repetition.models import resolve_device
 from toybigram.repetition.progress import StudyProgress
 from toybigram.rundir import check_study_dir
 from toybigram.runtime import torch_threads
+from toybigram.theory.families import FAMILIES
+from toybigram.theory.threshold import ThresholdLaw
 
 log = logging.getLogger("toybigram.hijack")
 WORDS_FILE = "words.json"
@@ -197,8 +199,6 @@ def run_stages(cfg: DictConfig, run_dir: Path, progress: StudyProgress) -> dict:
         heads = stage_heads(cfg, reader, lexicon, run_dir)
     law = None
     if reader.kind == "toy":
-        from toybigram.theory.threshold import ThresholdLaw
-
         law = ThresholdLaw.from_model(reader.model, longest_prompt(cfg), {"run": str(cfg.lm.path)})
     setting = Setting(reader, lexicon, pairs, cfg.seed, cfg.prompts.batch_tokens, law)
     jobs = plan_jobs(cfg, setting, queries, heads)
@@ -220,8 +220,6 @@ MIRRORED_FAMILIES = ("hijack", "dilution", "compete")
 
 
 def build_summary(cfg, reader: Reader, done: dict, pairs, queries, word_record: dict, heads: dict, device) -> dict:
-    from toybigram.theory.families import FAMILIES
-
     thresholds = {kind: results.threshold_rows(done, pairs, kind, cfg.seed) for kind in cfg.prompts.fillers}
     if reader.kind == "toy":
         thresholds["law_from_weights"] = results.threshold_rows(done, pairs, "random", cfg.seed, field="law_margin")

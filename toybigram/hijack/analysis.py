@@ -20,7 +20,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
+
+from toybigram.theory.calculator import first_crossing
 
 N_BOOT = 1000
 BETAS = np.geomspace(0.1, 200.0, 90)
@@ -28,11 +31,8 @@ STRENGTHS = np.geomspace(1.0, 1e5, 90)
 
 
 def crossings(counts: list[int], margins: np.ndarray) -> np.ndarray:
-    """First count from which every margin (..., C) stays positive; inf if none."""
-    positive = margins > 0
-    stays = np.flip(np.cumprod(np.flip(positive, -1), -1), -1).astype(bool)
-    first = np.where(stays.any(-1), stays.argmax(-1), -1)
-    return np.where(first >= 0, np.asarray(counts, dtype=float)[np.maximum(first, 0)], np.inf)
+    """First count from which every margin (..., C) stays positive; inf if none (calculator.first_crossing)."""
+    return first_crossing(torch.tensor(counts), torch.as_tensor(np.asarray(margins, dtype=float))).numpy()
 
 
 def quantile(values: np.ndarray, q: float) -> float:

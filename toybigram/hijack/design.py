@@ -111,8 +111,3 @@ class Instances:
 def counts_that_fit(counts: list[int], T: int, region: str = "uniform") -> list[int]:
     """The counts of the grid whose pairs fit a prompt of length T in ``region``."""
     return [c for c in counts if c <= max_pairs(T, region)]
-
-
-def pair_count(prompts: torch.Tensor, q: int, o: int) -> torch.Tensor:
-    """How often "q o" occurs in each prompt (B,)."""
-    return ((prompts[:, :-1] == q) & (prompts[:, 1:] == o)).sum(1)

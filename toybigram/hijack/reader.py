@@ -16,12 +16,9 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from toybigram.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_run
 from toybigram.errors import UserError
 from toybigram.hooks import pattern_hooks
-from toybigram.model import ModelConfig
-from toybigram.positional import positional_encoding
-from toybigram.repetition.models import ModelFacts, first_line, load_hf, locate, precheck_model
+from toybigram.repetition.models import ModelFacts, load_hf, load_toy_model, locate, precheck_model, toy_facts
 from toybigram.runtime import resolve_dtype
 
 # Per-layer attention output projections: Llama/Mistral/Qwen/Gemma `self_attn.o_proj`, GPT-2 `attn.c_proj`,
@@ -167,14 +164,7 @@ class ToyReader(Reader):
 
     @classmethod
     def build(cls, path: Path, device: torch.device) -> "ToyReader":
-        try:
-            model, train_cfg = load_run(path, setting="lm.path")
-        except UserError:
-            raise
-        except Exception as err:  # a checkpoint from another version fails in many ways
-            raise UserError(f"lm.path: could not load toybigram run {path}: {first_line(err)}") from None
-        model.to(device).eval()
-        model.requires_grad_(False)
+        model, train_cfg = load_toy_model(path, device)
         spec = model.spec
         reader = cls(name=f"toy:{path.name}", kind="toy", model=model, device=device, dtype=next(model.buffers()).dtype,
                      n_layers=int(spec.n_layers), n_heads=1, vocab_size=int(model.vocab_size),
@@ -186,14 +176,7 @@ class ToyReader(Reader):
 def model_facts(lm: Any) -> ModelFacts:
     """The longest prompt the model takes, read without loading its weights (the hijack pre-check)."""
     kind, path = locate(lm)
-    if kind == "toy":
-        if not (path / CHECKPOINT_FILE).is_file():
-            raise UserError(f"lm.path: {path} holds no {CHECKPOINT_FILE}; give a toybigram training run directory")
-        config = load_checkpoint(path / CHECKPOINT_FILE, setting="lm.path")["config"]
-        model, seq_len = config["model"], config["data"]["seq_len"]
-        settings = ModelConfig(**{**model, "max_len": model["max_len"] if model["max_len"] is not None else seq_len})
-        return ModelFacts(None, positional_encoding(settings.pos).max_length(settings))
-    return precheck_model(lm)
+    return toy_facts(path, need_neurons=False) if kind == "toy" else precheck_model(lm)
 
 
 def load_reader(lm: Any, device: torch.device) -> Reader:

@@ -30,8 +30,7 @@ def threshold_rows(jobs: dict, pairs: list[dict], filler: str, seed: int, field:
     """c*(T) per length for the uniform, unablated hijack jobs of one filler."""
     rows = []
     for job in jobs.values():
-        if job["kind"] == "hijack" and job["filler"] == filler and job["region"] == "uniform" and not job["heads"] \
-                and job["key"].startswith("grid/") and field in job:
+        if job["key"].startswith(f"grid/{filler}/") and field in job:
             curves = curves_of(job, pairs, field)
             top1 = np.asarray(job["top1"], dtype=float) if field == "margin" else None
             rows.append({"T": job["T"], **threshold_summary(curves["c_star"], curves["query"], seed),

@@ -151,16 +151,18 @@ def hf_dir_facts(path: Path) -> ModelFacts:
     return ModelFacts(n_neurons, max_len if isinstance(max_len, int) else None)
 
 
-def toy_facts(path: Path) -> ModelFacts:
-    """The toy run's checkpoint config: refuses a model without ReLU neurons or an unreadable checkpoint."""
+def toy_facts(path: Path, need_neurons: bool = True) -> ModelFacts:
+    """The toy run's checkpoint config: refuses an unreadable checkpoint and, with ``need_neurons``, a model
+    without ReLU neurons (``n_neurons`` is then None)."""
     if not (path / CHECKPOINT_FILE).is_file():
         raise UserError(f"lm.path: {path} holds no {CHECKPOINT_FILE}; give a toybigram training run directory")
     config = load_checkpoint(path / CHECKPOINT_FILE, setting="lm.path")["config"]
     model, seq_len = config["model"], config["data"]["seq_len"]
-    if model["ffn"] != "relu":
+    if need_neurons and model["ffn"] != "relu":
         raise UserError(f"lm.path: the toy model in {path} has model.ffn={model['ffn']}, no ReLU neurons; train it with model.ffn=relu")
     settings = ModelConfig(**{**model, "max_len": model["max_len"] if model["max_len"] is not None else seq_len})
-    return ModelFacts(int(model["d_hidden"]), positional_encoding(settings.pos).max_length(settings))
+    n_neurons = int(model["d_hidden"]) if model["ffn"] == "relu" else None
+    return ModelFacts(n_neurons, positional_encoding(settings.pos).max_length(settings))
 
 
 def first_line(err: BaseException) -> str:
@@ -455,15 +457,21 @@ def load_hf(lm: Any, kind: str, path: Path, device: torch.device, dtype: torch.d
     return name, model, tokenizer
 
 
-def load_toy(path: Path, device: torch.device, dtype: torch.dtype) -> ToySubject:
+def load_toy_model(path: Path, device: torch.device):
+    """(model, training config) of a toybigram run, in evaluation mode without gradients; one-line UserErrors."""
     try:
         model, train_cfg = load_run(path, setting="lm.path")
     except UserError:
         raise
-    except Exception as err:
+    except Exception as err:  # a checkpoint from another version fails in many ways
         raise UserError(f"lm.path: could not load toybigram run {path}: {first_line(err)}") from None
     model.to(device).eval()
     model.requires_grad_(False)
+    return model, train_cfg
+
+
+def load_toy(path: Path, device: torch.device, dtype: torch.dtype) -> ToySubject:
+    model, train_cfg = load_toy_model(path, device)
     model_dtype = next(model.buffers()).dtype
     subject = ToySubject.build(f"toy:{path.name}", model, device, model_dtype)
     subject.train_cfg = train_cfg
