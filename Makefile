@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.toybigram-installed
 ARGS ?=
+# pytest-xdist processes for `make test` (auto: one per core; 0: none, the tests run in pytest's own process)
+TEST_WORKERS ?= auto
 
 .PHONY: run test venv lm repetition hijack figures clean-venv shakespeare-table
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "set-up 2/3: $(TORCH_PIN) (CPU build)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	@echo "set-up 3/3: toybigram and its dependencies (numpy, scipy, matplotlib, hydra-core, pytest, transformers, transformer-lens)"
+	@echo "set-up 3/3: toybigram and its dependencies (numpy, scipy, matplotlib, hydra-core, pytest, pytest-xdist, transformers, transformer-lens)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lm,tl]'
 	@touch $(STAMP)
 	@echo "set-up done"
@@ -25,8 +27,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m toybigram.train $(ARGS)
 
+# Test files are spread over TEST_WORKERS processes, each file whole in one of them.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Every paper figure made from sweeps, quick profile (172 CPU seconds, 1.5-2 min on 2 cores; docs/experiments.md#timings):
 # sweeps, analyses, tables, PNG + PDF. Figure 8 comes from the repetition study (docs/repetition.md).

@@ -12,16 +12,15 @@ import sys
 from pathlib import Path
 
 from experiments.figure import DATA_DIR, figure_tables, registry
-from experiments.run import Parser
 from experiments.sweeps import PROFILES, Setup
 from experiments.tables import write_table
-from toybigram.errors import UserError
+from toybigram.errors import OneLineParser, UserError
 
 
 def main(argv=None) -> int:
     """Write each figure's tables from its runs; a figure with problems is named on stderr and keeps its tables."""
     figures = {key: fig for key, fig in registry().items() if fig.from_sweeps}
-    parser = Parser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("figure", choices=[*figures, "all"])
     parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--override", action="append", default=[], help="the extra overrides the sweeps ran with")

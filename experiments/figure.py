@@ -10,7 +10,6 @@ A figure's tables are built only from a complete set of runs (``figure_tables``)
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
 import sys
@@ -23,7 +22,7 @@ import experiments.figures as figures_package
 from experiments.plotting import save
 from experiments.runs import DIVERGED, EXTRA, FAILED, Collected, Run, collect, flatten, report
 from experiments.sweeps import ROOT, Setup
-from toybigram.errors import UserError
+from toybigram.errors import OneLineParser, UserError
 
 DATA_DIR = ROOT / "paper_figures" / "data"
 FIGURES_DIR = ROOT / "paper_figures"
@@ -78,7 +77,7 @@ class Figure:
     def script_main(self, argv=None) -> list[Path]:
         """The command line of paper_figures/<name>.py: redraw from the tables (default paper_figures/data)."""
         doc = " ".join((sys.modules[self.plot.__module__].__doc__ or self.name).split())
-        parser = argparse.ArgumentParser(description=doc.split(". ")[0])  # the module docstring's first sentence
+        parser = OneLineParser(description=doc.split(". ")[0])  # the module docstring's first sentence
         parser.add_argument("--data", default=str(DATA_DIR), help="folder of the aggregated tables")
         parser.add_argument("--out", default=str(FIGURES_DIR), help="folder for the PNG and PDF")
         args = parser.parse_args(argv)

@@ -47,7 +47,7 @@ from experiments.runs import RESULTS_DIR, collect
 from experiments.sweeps import PROFILES, Setup, SweepPool
 from experiments.tables import write_table
 from toybigram.cli import compose, first_lines
-from toybigram.errors import INTERRUPT_EXIT_CODE, UserError, exit_with
+from toybigram.errors import INTERRUPT_EXIT_CODE, OneLineParser, UserError, exit_with
 from toybigram.rundir import check_writable_dir
 from toybigram.runio import atomic_write_bytes, write_json
 from toybigram.runtime import apply_threads
@@ -65,13 +65,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-class Parser(argparse.ArgumentParser):
-    """Bad command-line options end in one `error:` line and exit code 2, like every toybigram command."""
-
-    def error(self, message: str):
-        exit_with(message)
-
-
 def positive_int(text: str) -> int:
     if not text.lstrip("-").isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
@@ -79,7 +72,7 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    parser = Parser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("figure", choices=[*registry(), "all"], nargs="+")
     parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--launcher", default="basic", choices=LAUNCHERS,

@@ -5,6 +5,11 @@ import pytest
 
 os.environ.setdefault("CI", "true")  # plain progress lines, never a bar
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def compose_train():

@@ -56,7 +56,7 @@ from omegaconf import DictConfig, OmegaConf
 from toybigram.cli import compose, first_lines
 from toybigram.config import register_configs
 from toybigram.ensemble import instance_configs
-from toybigram.errors import ConfigError, UserError, exit_with
+from toybigram.errors import ConfigError, OneLineParser, UserError, exit_with
 from toybigram.evaluation import evaluate
 from toybigram.model import ModelSpec
 from toybigram.runio import dumps, provenance, read_jsonl, write_json
@@ -358,7 +358,7 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m toybigram.bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m toybigram.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="training-app overrides, e.g. model.d_model=256 optim=sgd")
     parser.add_argument("--steps", type=int, default=10, help="timed repeats per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repeats first")

@@ -1,6 +1,7 @@
 """User-facing errors: one clear line, exit code 2, no traceback."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import NoReturn
 
@@ -29,3 +30,11 @@ def require(condition: bool, setting: str, why: str) -> None:
     """Raise a ConfigError naming ``setting`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{setting}: {why}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors (a missing argument, an unknown option, a bad value)
+    end like every other toybigram command's: one ``error:`` line naming the problem, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        exit_with(message)

@@ -9,7 +9,6 @@ and fig9_law.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 

@@ -18,12 +18,11 @@ if __name__ == "__main__":  # the command: set the process up before torch loads
 
     start_command()
 
-import argparse
 import math
 from pathlib import Path
 
 from toybigram import runio
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.hijack.results import curves_of
 from toybigram.hijack.study import JOBS_PARTIAL
 
@@ -112,7 +111,7 @@ def tables(lm_run: Path, toy_run: Path) -> dict[str, list[dict]]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = OneLineParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("lm_run", help="a finished hijack study of a real LM (lm=smollm2 or lm=hf)")
     parser.add_argument("toy_run", help="a finished hijack study of a toy model (lm=toy)")
     parser.add_argument("--data", default=str(DATA_DIR), help="folder for the tables (default paper_figures/data)")

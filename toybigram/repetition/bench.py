@@ -20,14 +20,14 @@ import time
 import torch
 
 from toybigram.runtime import apply_threads
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.repetition.config import CollectConfig, LMConfig
 from toybigram.repetition.generation import generate_texts, greedy_continue
 from toybigram.repetition.models import load_subject
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lm", default="smollm2", help="smollm2, or a local model directory / GGUF file")
     parser.add_argument("--texts", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)

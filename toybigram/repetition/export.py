@@ -18,13 +18,12 @@ if __name__ == "__main__":  # the command: set the process up before torch loads
 
     start_command()
 
-import argparse
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from toybigram import runio
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.repetition import interventions, perplexity
 from toybigram.repetition.__main__ import INTERVENTIONS_PARTIAL, PERPLEXITY_PARTIAL, TEXTS
 
@@ -94,7 +93,7 @@ def draws_range(table: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = OneLineParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("run_dir", help="a repetition study's run directory (finished or still running)")
     parser.add_argument("--data", default=str(DATA_DIR), help="folder for the tables (default paper_figures/data)")
     args = parser.parse_args(argv)

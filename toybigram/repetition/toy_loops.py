@@ -24,7 +24,6 @@ if __name__ == "__main__":  # the command: set the process up before torch loads
 
     start_command()
 
-import argparse
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +34,7 @@ import torch
 from toybigram import runio
 from toybigram.factory import make_chain
 from toybigram.runtime import apply_threads
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.hooks import block_hook
 from toybigram.repetition.detector import find_loop
 from toybigram.repetition.generation import decode_batch, generate_texts
@@ -138,7 +137,7 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = OneLineParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("run_dir", help="a toybigram training run trained with model.ffn=relu")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prefix", type=int, default=60, help="sampled tokens before the greedy continuation")

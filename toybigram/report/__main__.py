@@ -8,15 +8,8 @@ if __name__ == "__main__":  # the command: set the process up before torch loads
 
 import argparse
 
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.report.build import REPORT_FILE, write_report
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Argument errors as one ``error:`` line and exit code 2, like every other toybigram command."""
-
-    def error(self, message: str):
-        exit_with(message)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,7 +15,6 @@ to <out>/ladder_ideal_N<N>_d<D>.json.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from toybigram.checkpoint import load_run
 from toybigram.cli import compose
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.runio import provenance, write_json
 from toybigram.runtime import torch_threads
 from toybigram.theory.compare import analyze
@@ -107,7 +106,7 @@ def format_ladder(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m toybigram.theory.ladder", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m toybigram.theory.ladder", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories of python -m toybigram.train")
     parser.add_argument("--seed", type=int, default=0, help="prompt seed scored (the constants are fitted on seed + 1)")
     parser.add_argument("--ideal", type=int, nargs="+", default=[], metavar="D", help="widths of ideal builds to score")

@@ -38,7 +38,7 @@ import torch
 
 from toybigram.factory import make_chain
 from toybigram.checkpoint import load_run
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.hooks import pattern_hooks
 from toybigram.runio import provenance, write_json
 from toybigram.runtime import torch_threads
@@ -167,11 +167,6 @@ def run(run_dir, *, seed: int = 0, n_outputs: int = 3, max_count: int = 6, fille
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other command
-        exit_with(f"paths: {message}")
-
-
 def _count(minimum: int):
     def parse(text: str) -> int:
         try:
@@ -186,7 +181,7 @@ def _count(minimum: int):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = _Parser(prog="python -m toybigram.theory.paths",
+    parser = OneLineParser(prog="python -m toybigram.theory.paths",
                      description="Split a trained model's last-position logits on the designed hijack prompts by path.")
     parser.add_argument("run_dir", type=lambda s: s.removeprefix("run_dir="),
                         help="training run directory holding checkpoint.pt (also accepted as run_dir=PATH)")

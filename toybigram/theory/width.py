@@ -12,7 +12,6 @@ The full correction (all blocks) is exact for ideal builds: a check of the algeb
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 
@@ -21,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from toybigram.data import TriggerSampler, dirichlet_chain, shakespeare_chain
-from toybigram.errors import UserError, exit_with
+from toybigram.errors import OneLineParser, UserError, exit_with
 from toybigram.factory import make_chain, make_sampler, make_spec
 from toybigram.hooks import pattern_hook
 from toybigram.model import ModelSpec
@@ -82,7 +81,7 @@ def score_calculators(case, calculators: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d", type=int, nargs="+", default=[256, 512, 1024, 4096])
     parser.add_argument("--N", type=int, nargs="+", default=[16, 65])
     parser.add_argument("--prompts", type=int, default=4)
