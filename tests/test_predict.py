@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from toybigram.factory import make_chain
 from toybigram.runio import read_json, write_json
 from toybigram.theory.predict import compete_prompts, fingerprint, last_pair_output
 from toybigram.theory.prompts import count_pairs, hijack
+from toybigram.theory.score import threshold_metrics
 from toybigram.train import train
 
 RPE = (*TINY, "data.triggers=random", "model.pos=rpe", "train.steps=20", "threads=1")
@@ -73,6 +75,20 @@ def test_score_measures_the_other_run_against_the_law_and_the_bayes_rule(runs, t
     assert 0 <= score["threshold_metrics"]["hijack"]["law"]["within_one"] <= 1
     assert score["compete"]["overall"]["n"] == sum(s["kept"] for s in read_json(runs["predictions"])["compete_sets"])
     assert [r["T"] for r in score["aggregate"]] == [8, 16, 32]
+
+
+def test_threshold_metrics_on_hand_made_thresholds():
+    """within one count, and |log(1+p) - log(1+m)|, with thresholds beyond the grid (inf) counted as cap + 1."""
+    measured = [2, 6, math.inf, 3]
+    predicted = {"law": [1, 3, math.inf, 8], "closed_form": [2, 6, 9, 3], "corrected_closed_form": [3, 5, 7, 4],
+                 "bayes": [1, 1, 1, 1]}
+    rows = [{"c_star_measured": m, **{f"c_star_{name}": c[i] for name, c in predicted.items()}} for i, m in enumerate(measured)]
+    metrics = threshold_metrics(rows, cap=8)
+    assert metrics["law"]["within_one"] == 0.5 and metrics["law"]["n"] == 4  # (1, 2) and (9, 9) within one
+    assert metrics["law"]["mae_log"] == pytest.approx((math.log(3 / 2) + math.log(7 / 4) + 0 + math.log(9 / 4)) / 4)
+    assert metrics["closed_form"] == {"within_one": 1.0, "mae_log": 0.0, "n": 4}  # 9 is the capped inf
+    assert metrics["corrected_closed_form"]["within_one"] == 0.75  # 7 against the capped 9 is two counts off
+    assert metrics["bayes"]["within_one"] == 0.25
 
 
 def tampered(runs) -> Path:

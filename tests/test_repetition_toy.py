@@ -101,6 +101,10 @@ def test_toy_loops_cli_removes_each_component(tmp_path):
     assert result.returncode == 0, result.stderr[-800:]
     saved = json.loads((tmp_path / "run" / "toy_loops.json").read_text())
     assert list(saved["ablations"]) == ["none", "attn1", "attn2", "ffn", "neurons"]
-    assert all(0 <= r["looping"] <= 1 and r["n"] == 4 for r in saved["ablations"].values())
+    table = saved["ablations"]
+    assert all(0 <= r["looping"] <= 1 and r["n"] == 4 for r in table.values())
+    for removed in ("attn1", "attn2", "ffn"):  # each component of this random model moves the greedy continuations
+        assert table[removed] != table["none"], removed
+    assert table["ffn"] == table["neurons"]  # no output bias: zero neurons is zero block output
     bad = subprocess.run([*command[:4], "--prompts", "0"], cwd=root, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --prompts: must be at least 1, got 0"

@@ -1,5 +1,6 @@
 """Every training setting is checked, with its range, before anything is written or allocated."""
 import os
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from toybigram.validation import validate
 from toybigram.config import register_configs
 from toybigram.errors import ConfigError
-from toybigram.memory import RunShape, check_memory, estimate, memory_budget, physical_memory
+from toybigram.memory import PART_SETTINGS, RunShape, check_memory, estimate, memory_budget, physical_memory
 
 register_configs()  # the tests compose the training config, as the command does
 
@@ -113,13 +114,21 @@ def test_main_job_and_readme_examples_fit_a_small_machine(compose_train, overrid
 def test_memory_estimate_grows_with_the_sizes_and_names_the_largest_part(compose_train):
     cfg = compose_train()
     _, spec = validate(cfg)
-    base = estimate(RunShape.of(cfg, spec))
+    shape = RunShape.of(cfg, spec)
+    base = estimate(shape)
     assert 0.4e9 < base["total"] < 0.7e9  # the main job peaks at about 0.44 GB
+    for size, part in [("seq_len", "training step"), ("batch_size", "training step"), ("instances", "training step"),
+                       ("d_model", "weights and tables"), ("eval_batch_size", "evaluation")]:
+        bigger = estimate(replace(shape, **{size: 4 * getattr(shape, size)}))
+        assert bigger[part] > base[part] and bigger["total"] > base["total"], size
+    long_parts = estimate(replace(shape, seq_len=100000, table_rows=100000))
+    assert max(PART_SETTINGS, key=long_parts.get) == "evaluation"  # its batch (256) is 4x the training batch
     longer = compose_train("data.seq_len=100000", "model.max_len=100000")
     with pytest.raises(ConfigError) as error:
         validate(longer)
     message = str(error.value)
-    assert "data.seq_len=100000" in message and "raise max_memory_gb" in message and "budget is" in message
+    assert "most of it for the evaluation (train.eval_batch_size=256, data.seq_len=100000" in message
+    assert "raise max_memory_gb" in message and "budget is" in message
     assert "\n" not in message
 
 
