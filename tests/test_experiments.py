@@ -102,13 +102,24 @@ def test_collect_accepts_runs_that_differ_only_in_swept_settings(tmp_path):
     assert sorted(r.name for r in got.runs) == ["model.pos=ape,seed=0", "model.pos=rpe,seed=0"] and not got.problems
 
 
-def test_fig1_table_from_fixture_runs(sweep_dir, tmp_path):
-    runs = collect(sweep_dir, {"seed": ["0", "1", "2", "3", "4"]}, "fixture").runs
-    tables = fig1_tables({"fig1_dynamics": Collected("a", runs), "fig1_freeze": Collected("b", runs)})
-    rows = [r for r in tables["fig1_dynamics"] if r["variant"] == "free" and r["step"] == 20]
-    assert rows[0]["loss_global_n"] == 2 and rows[0]["loss_global_mean"] == pytest.approx(1.8)
-    order = {r["probe"]: r["rise_step_mean"] for r in tables["fig1_order"] if r["variant"] == "free"}
-    assert order["recall_copy"] == 10 and order["recall_prev_token"] == 10  # half of the final value
+def test_fig1_tables_from_fixture_runs_keep_the_two_variants_apart(sweep_dir, tmp_path):
+    free = collect(sweep_dir, {"seed": ["0", "1", "2", "3", "4"]}, "fixture").runs
+    frozen_config = json.loads(json.dumps(CONFIG))
+    frozen_config["train"]["freeze_until"] = {"W_K1": 10}
+    for seed in (0, 1):  # W_K1 held until step 10: its probe rises only at step 20; losses one nat higher
+        path = make_run(tmp_path / "freeze", str(seed), seed, metrics=(), config=frozen_config)
+        rows = [{**m, "recall_prev_token": 0.25 * (m["step"] == 20), "loss_global": m["loss_global"] + 1} for m in _metrics((0, 10, 20))]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frozen = collect(tmp_path / "freeze", {"seed": ["0", "1"]}, "fixture").runs
+    tables = fig1_tables({"fig1_dynamics": Collected("a", free), "fig1_freeze": Collected("b", frozen)})
+    at_20 = {r["variant"]: r for r in tables["fig1_dynamics"] if r["step"] == 20}
+    assert at_20["free"]["loss_global_n"] == 2 and at_20["free"]["loss_global_mean"] == pytest.approx(1.8)
+    assert at_20["freeze"]["loss_global_n"] == 2 and at_20["freeze"]["loss_global_mean"] == pytest.approx(2.8)
+    order = {(r["variant"], r["probe"]): r for r in tables["fig1_order"]}
+    assert order["free", "recall_copy"]["rise_step_mean"] == 10 and order["free", "recall_prev_token"]["rise_step_mean"] == 10
+    assert order["freeze", "recall_prev_token"]["rise_step_mean"] == 20  # half of the final value
+    assert order["freeze", "recall_prev_token"]["release_step_mean"] == 10 and order["freeze", "recall_copy"]["release_step_mean"] == 0
+    assert order["free", "recall_prev_token"]["release_step_mean"] == 0
 
 
 def test_mean_ci_and_summarise():

@@ -13,7 +13,7 @@ from toybigram.errors import ConfigError
 from toybigram.evaluation import token_losses
 from toybigram.model import AssociativeTransformer, ModelSpec
 from toybigram.positional import ENCODINGS, PositionalEncoding, causal_distance
-from toybigram.probes import position_profile, previous_token_scores
+from toybigram.probes import position_profile, previous_token_scores, score_scale
 from toybigram.runio import read_jsonl
 from toybigram.train import train
 
@@ -51,6 +51,12 @@ def test_each_encoding_gives_the_models_layer1_scores_and_a_documented_profile(p
         assert position_only.shape == (T, T)
         (key, values), = profile.items()
         assert key == ("alpha" if pos == "ape" else "alpha_by_offset") and values.shape == (T,)
+    if pos == "ape":  # the formulas of the docstrings: x_t = w_E(z_t) + p_t, S[t, s] = x_t^T W_K x_s (scaled)
+        W_K, P = model.blocks[0].attn.W_K, model.W_pos[:T]
+        x = model.W_E[tokens] + P
+        by_formula = (x @ W_K @ x.transpose(1, 2)) * score_scale(model)
+        torch.testing.assert_close(by_formula.tril(), layer1_scores(model, tokens), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(position_only, P @ W_K @ P.T, rtol=1e-12, atol=1e-12)
 
 
 def test_encodings_refuse_what_they_cannot_do():
